@@ -1,0 +1,232 @@
+"""The `GroupNormalization` Keras layer."""
+
+import keras
+
+from keras_gn import ops
+from keras_gn.serialization import register
+
+
+class _DefaultGroups(int):
+    """The default `groups=32`, distinguishable from an explicit 32.
+
+    Lets `GroupNormalization(group_size=16)` work while
+    `GroupNormalization(groups=32, group_size=16)` is still rejected as
+    ambiguous.
+    """
+
+    def __repr__(self):
+        return "32"
+
+
+_DEFAULT_GROUPS = _DefaultGroups(32)
+
+
+@register
+class GroupNormalization(keras.layers.Layer):
+    """Group Normalization layer (Wu & He, 2018).
+
+    Splits the channels into groups and normalizes each sample over its
+    spatial positions and the channels of its group, then applies a learned
+    per-channel scale `gamma` and offset `beta`:
+
+    ```
+    y = (x - mean[n, g]) / sqrt(var[n, g] + epsilon) * gamma[c] + beta[c]
+    ```
+
+    where `g` is the group of channel `c`. The statistics are per sample, so,
+    unlike `BatchNormalization`, the layer behaves the same in training and
+    inference and does not depend on the batch size: it stays accurate at
+    one or two images per device, where batch statistics become noise.
+
+    Relation to other layers: `groups=1` is Layer Normalization over all
+    non-batch axes (with per-channel `gamma`/`beta`); `groups=C` (or
+    `group_size=1`) is Instance Normalization.
+
+    Differences from `keras.layers.GroupNormalization`: `epsilon` defaults to
+    1e-5 (the paper's, Caffe2's and PyTorch's `nn.GroupNorm` default; Keras
+    uses 1e-3, which matters when porting weights); the grouping can be given
+    as channels per group (`group_size`, as in the paper's Table 3); `axis` is
+    a single int; half-precision inputs are normalized with float32
+    statistics; errors list the valid group counts.
+
+    Args:
+        groups: int, the number of groups the channels are split into; must
+            divide the number of channels. Give either `groups` or
+            `group_size`, not both. Defaults to `32`.
+        group_size: int or None, the number of channels per group, an
+            alternative to `groups`; must divide the number of channels.
+            Defaults to `None`.
+        axis: int, the channel axis: `-1` for channels-last inputs, `1` for
+            channels-first. Negative values count from the end; the batch axis
+            0 is not allowed. Defaults to `-1`.
+        epsilon: float, small value added to the variance to avoid dividing
+            by zero. Defaults to `1e-5`.
+        center: bool, whether to add the learned offset `beta`. Defaults to
+            `True`.
+        scale: bool, whether to multiply by the learned scale `gamma`.
+            Defaults to `True`.
+        beta_initializer: initializer for `beta`. Defaults to `"zeros"`.
+        gamma_initializer: initializer for `gamma`. Defaults to `"ones"`; use
+            `"zeros"` for the last normalization of a residual branch, as the
+            paper does.
+        beta_regularizer: optional regularizer for `beta`. Defaults to `None`.
+        gamma_regularizer: optional regularizer for `gamma`. Defaults to
+            `None`.
+        beta_constraint: optional constraint for `beta`. Defaults to `None`.
+        gamma_constraint: optional constraint for `gamma`. Defaults to `None`.
+        **kwargs: base layer keyword arguments, such as `name` and `dtype`.
+
+    Call arguments:
+        inputs: a tensor of rank 2 or more (typically 3, 4 or 5: 1-D signals,
+            images, videos) whose channel dimension is known.
+
+    Input shape:
+        Arbitrary, with the batch on axis 0 and a known channel dimension on
+        `axis`, e.g. `(batch, height, width, channels)`.
+
+    Output shape:
+        Same shape as the input.
+
+    Mixed precision: under a `mixed_float16` or `mixed_bfloat16` policy the
+    statistics are computed in float32, `gamma` and `beta` are float32
+    variables, and the output is in the compute dtype (float16/bfloat16).
+
+    Example:
+
+    >>> import numpy as np
+    >>> import keras_gn
+    >>> x = np.random.rand(2, 8, 8, 64).astype("float32")
+    >>> layer = keras_gn.GroupNormalization(groups=32)
+    >>> y = layer(x)
+    >>> tuple(y.shape)
+    (2, 8, 8, 64)
+    >>> keras_gn.GroupNormalization(group_size=16)(x).shape[-1]
+    64
+
+    Reference:
+        - [Wu & He, Group Normalization, ECCV 2018](
+          https://arxiv.org/abs/1803.08494)
+    """
+
+    def __init__(
+        self,
+        groups=_DEFAULT_GROUPS,
+        group_size=None,
+        axis=-1,
+        epsilon=1e-5,
+        center=True,
+        scale=True,
+        beta_initializer="zeros",
+        gamma_initializer="ones",
+        beta_regularizer=None,
+        gamma_regularizer=None,
+        beta_constraint=None,
+        gamma_constraint=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if group_size is not None and groups is _DEFAULT_GROUPS:
+            groups = None
+        ops.check_grouping_arguments(groups, group_size, name=self.name)
+        if isinstance(axis, bool) or not isinstance(axis, int):
+            raise ValueError(
+                f"Layer '{self.name}': `axis` must be a single int (the channel "
+                f"axis, e.g. -1 or 1); received axis={axis!r}."
+            )
+        self.groups = None if groups is None else int(groups)
+        self.group_size = group_size
+        self.axis = axis
+        self.epsilon = epsilon
+        self.center = center
+        self.scale = scale
+        self.beta_initializer = keras.initializers.get(beta_initializer)
+        self.gamma_initializer = keras.initializers.get(gamma_initializer)
+        self.beta_regularizer = keras.regularizers.get(beta_regularizer)
+        self.gamma_regularizer = keras.regularizers.get(gamma_regularizer)
+        self.beta_constraint = keras.constraints.get(beta_constraint)
+        self.gamma_constraint = keras.constraints.get(gamma_constraint)
+        # Resolved in build(); never written back to the constructor arguments,
+        # so get_config() is the same before and after build.
+        self._channel_axis = None
+        self._num_groups = None
+        self.gamma = None
+        self.beta = None
+
+    @property
+    def num_groups(self):
+        """The number of groups in use, known once the layer is built."""
+        return self._num_groups
+
+    def _canonical_axis(self, rank):
+        if not -rank <= self.axis < rank or self.axis % rank == 0:
+            valid = list(range(1, rank)) + list(range(-rank + 1, 0))
+            raise ValueError(
+                f"Layer '{self.name}': axis={self.axis} is not a channel axis of "
+                f"a rank-{rank} input (axis 0 is the batch). Valid values: "
+                f"{valid}."
+            )
+        return self.axis % rank
+
+    def build(self, input_shape):
+        rank = len(input_shape)
+        if rank < 2:
+            raise ValueError(
+                f"Layer '{self.name}' expects inputs of rank >= 2 (batch, ..., "
+                f"channels); received input shape {tuple(input_shape)}."
+            )
+        axis = self._canonical_axis(rank)
+        channels = input_shape[axis]
+        self._num_groups = ops.resolve_groups(
+            channels, self.groups, self.group_size, name=self.name
+        )
+        self._channel_axis = axis
+        self.input_spec = keras.layers.InputSpec(ndim=rank, axes={axis: channels})
+        if self.scale:
+            self.gamma = self.add_weight(
+                shape=(channels,),
+                name="gamma",
+                initializer=self.gamma_initializer,
+                regularizer=self.gamma_regularizer,
+                constraint=self.gamma_constraint,
+                autocast=False,
+            )
+        if self.center:
+            self.beta = self.add_weight(
+                shape=(channels,),
+                name="beta",
+                initializer=self.beta_initializer,
+                regularizer=self.beta_regularizer,
+                constraint=self.beta_constraint,
+                autocast=False,
+            )
+
+    def call(self, inputs):
+        outputs = ops.group_norm(
+            inputs,
+            self.gamma,
+            self.beta,
+            groups=self._num_groups,
+            axis=self._channel_axis,
+            epsilon=self.epsilon,
+        )
+        return keras.ops.cast(outputs, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = {
+            "groups": self.groups,
+            "group_size": self.group_size,
+            "axis": self.axis,
+            "epsilon": self.epsilon,
+            "center": self.center,
+            "scale": self.scale,
+            "beta_initializer": keras.initializers.serialize(self.beta_initializer),
+            "gamma_initializer": keras.initializers.serialize(self.gamma_initializer),
+            "beta_regularizer": keras.regularizers.serialize(self.beta_regularizer),
+            "gamma_regularizer": keras.regularizers.serialize(self.gamma_regularizer),
+            "beta_constraint": keras.constraints.serialize(self.beta_constraint),
+            "gamma_constraint": keras.constraints.serialize(self.gamma_constraint),
+        }
+        return {**super().get_config(), **config}
