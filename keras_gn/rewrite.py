@@ -9,8 +9,9 @@ does that once, on top of `keras.models.clone_model`:
 - the replaced layers are called without the `training` and `mask` keyword
   arguments that Keras records for BatchNormalization calls (a plain
   `clone_model(..., clone_function=...)` fails on them);
-- nested Functional and Sequential models are rewritten recursively, and a
-  layer called several times stays one shared layer;
+- nested Functional and Sequential models are rewritten recursively, a layer
+  or model called several times stays one shared object, and inputs keep
+  their names;
 - a layer that hides target layers inside custom code (a subclassed layer or
   model) cannot be rewritten, and is reported with its class instead of being
   silently left unconverted.
@@ -49,9 +50,11 @@ def layer_paths(model):
     return paths
 
 
-def _hidden_targets(layer, is_target):
+def _hidden_targets(operation, is_target):
+    if not isinstance(operation, keras.layers.Layer):
+        return []  # a keras.ops operation in the graph: no sublayers
     return [
-        sub for sub in layer._flatten_layers(include_self=False) if is_target(sub)
+        sub for sub in operation._flatten_layers(include_self=False) if is_target(sub)
     ]
 
 
@@ -91,30 +94,37 @@ def rewrite_layers(model, is_target, make_replacement, load_replacement, what):
         )
 
     paths = layer_paths(model)
+    clones = {}  # id(original) -> clone, so shared layers and models stay shared
     copied = []  # (old, new) pairs whose weights are copied as they are
     replaced = []  # (path, old, new)
     replacement_ids = set()
 
-    def clone_function(layer):
-        if is_target(layer):
+    def clone_layer(layer):
+        if id(layer) in clones:
+            return clones[id(layer)]
+        if is_graph_model(layer):
+            new_layer = clone_graph_model(layer)
+        elif is_target(layer):
             new_layer = make_replacement(layer)
             replaced.append((paths.get(id(layer), layer.name), layer, new_layer))
             replacement_ids.add(id(new_layer))
-            return new_layer
-        hidden = _hidden_targets(layer, is_target)
-        if hidden:
-            raise ValueError(
-                f"{what} cannot rewrite layer '{layer.name}' of class "
-                f"{type(layer).__name__}: it contains "
-                f"{len(hidden)} {type(hidden[0]).__name__} layer(s) (e.g. "
-                f"'{hidden[0].name}') inside custom code. Only layers of "
-                "Functional and Sequential models can be replaced."
-            )
-        new_layer = layer.__class__.from_config(layer.get_config())
-        copied.append((layer, new_layer))
+        else:
+            hidden = _hidden_targets(layer, is_target)
+            if hidden:
+                raise ValueError(
+                    f"{what} cannot rewrite layer '{layer.name}' of class "
+                    f"{type(layer).__name__}: it contains {len(hidden)} "
+                    f"{type(hidden[0]).__name__} layer(s) (e.g. "
+                    f"'{hidden[0].name}') inside custom code. Only layers of "
+                    "Functional and Sequential models can be replaced."
+                )
+            new_layer = layer.__class__.from_config(layer.get_config())
+            if isinstance(layer, keras.layers.Layer):
+                copied.append((layer, new_layer))
+        clones[id(layer)] = new_layer
         return new_layer
 
-    def call_function(layer, *args, **kwargs):
+    def call_layer(layer, *args, **kwargs):
         if id(layer) in replacement_ids:
             kwargs.pop("training", None)
             mask = kwargs.pop("mask", None)
@@ -125,24 +135,37 @@ def rewrite_layers(model, is_target, make_replacement, load_replacement, what):
                 )
         return layer(*args, **kwargs)
 
-    if isinstance(model, keras.Sequential):
-        # Sequential passes `training`/`mask` only to layers that take them.
-        new_model = keras.models.clone_model(
-            model, clone_function=clone_function, recursive=True
-        )
-    else:
-        new_model = keras.models.clone_model(
-            model,
-            clone_function=clone_function,
-            call_function=call_function,
-            recursive=True,
+    def clone_graph_model(graph_model):
+        if isinstance(graph_model, keras.Sequential):
+            # Sequential keeps its input's name and passes `training`/`mask`
+            # only to layers whose call() takes them.
+            return keras.models.clone_model(graph_model, clone_function=clone_layer)
+        # New inputs named like the original InputLayers (clone_model's own
+        # would be named after internal tensor names).
+        input_tensors = keras.tree.map_structure(_like_input, graph_model.input)
+        return keras.models.clone_model(
+            graph_model,
+            input_tensors=input_tensors,
+            clone_function=clone_layer,
+            call_function=call_layer,
         )
 
+    new_model = clone_graph_model(model)
     for old, new in copied:
         _copy_weights(old, new)
     for _, old, new in replaced:
         load_replacement(old, new)
     return new_model, replaced
+
+
+def _like_input(tensor):
+    return keras.Input(
+        batch_shape=tensor.shape,
+        dtype=tensor.dtype,
+        sparse=tensor.sparse,
+        ragged=tensor.ragged,
+        name=tensor._keras_history.operation.name,
+    )
 
 
 def _copy_weights(old, new):

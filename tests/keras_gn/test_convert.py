@@ -1,0 +1,331 @@
+"""Tests of keras_gn.convert_bn_to_gn on hand-made graphs and on every
+keras.applications family that contains BatchNormalization."""
+
+import numpy as np
+import pytest
+import keras
+
+import keras_gn
+from keras_gn.convert import choose_groups
+from tests import reference
+
+
+def all_layers(model):
+    """Every leaf layer of a model, entering nested models."""
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            found += all_layers(layer)
+        else:
+            found.append(layer)
+    return found
+
+
+def count(model, cls):
+    return sum(isinstance(layer, cls) for layer in all_layers(model))
+
+
+def connectivity(model):
+    """{layer name: sorted [[names of the layers feeding each of its calls]]}.
+
+    Sorted because the order in which a shared layer's calls are recorded is
+    the order the graph was traversed, not part of the graph."""
+    return {
+        layer.name: sorted(
+            [t._keras_history.operation.name for t in node.input_tensors]
+            for node in layer._inbound_nodes
+        )
+        for layer in model.layers
+    }
+
+
+def randomize_bn(model, seed=0):
+    rng = np.random.default_rng(seed)
+    for layer in all_layers(model):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.set_weights([rng.uniform(0.5, 1.5, w.shape) if "variance" in w.path or "gamma" in w.path
+                               else rng.normal(size=w.shape) for w in layer.weights])
+
+
+# ---------------------------------------------------------------- group rule
+
+
+@pytest.mark.parametrize(
+    "channels, groups, group_size, min_group_size, expected",
+    [
+        (64, 32, None, 2, 32),  # the requested count where it fits
+        (256, 32, None, 2, 32),
+        (32, 32, None, 2, 16),  # 1 channel per group would be InstanceNorm
+        (32, 32, None, 1, 32),
+        (16, 32, None, 2, 8),
+        (24, 32, None, 2, 12),
+        (40, 32, None, 2, 20),
+        (80, 32, None, 2, 20),
+        (112, 32, None, 2, 28),
+        (728, 32, None, 2, 28),
+        (1, 32, None, 2, 1),
+        (48, None, 16, 2, 3),
+        (24, None, 16, 2, 2),  # groups of 12, the largest size <= 16 dividing 24
+        (7, None, 16, 2, 1),
+    ],
+)
+def test_choose_groups(channels, groups, group_size, min_group_size, expected):
+    chosen = choose_groups(channels, groups, group_size, min_group_size)
+    assert chosen == expected
+    assert channels % chosen == 0
+
+
+# ---------------------------------------------------------------- small graphs
+
+
+def conv_bn_relu(filters, name, axis=-1):
+    conv = keras.layers.Conv2D(filters, 3, padding="same", name=f"{name}_conv")
+    bn = keras.layers.BatchNormalization(axis=axis, name=f"{name}_bn")
+    return lambda x: keras.layers.ReLU()(bn(conv(x)))
+
+
+def test_functional_outputs_match_group_norm_with_copied_gamma_beta():
+    inputs = keras.Input((6, 6, 3))
+    features = keras.layers.Conv2D(8, 3, name="conv")(inputs)
+    outputs = keras.layers.BatchNormalization(name="bn")(features)
+    model = keras.Model(inputs, outputs)
+    randomize_bn(model)
+    converted = keras_gn.convert_bn_to_gn(model, groups=4)
+
+    x = np.random.default_rng(0).normal(size=(2, 6, 6, 3)).astype("float32")
+    bn = model.get_layer("bn")
+    conv_out = keras.Model(inputs, features)(x)
+    expected = reference.group_norm(conv_out, bn.gamma.numpy(), bn.beta.numpy(), groups=4)
+    np.testing.assert_allclose(converted(x), expected, rtol=1e-5, atol=2e-5)
+    gn = converted.get_layer("bn")
+    assert isinstance(gn, keras_gn.GroupNormalization)
+    assert (gn.num_groups, gn.epsilon) == (4, 1e-5)
+    # Independent weights: the original is untouched by training the copy.
+    assert converted.get_layer("conv") is not model.get_layer("conv")
+
+
+def test_sequential_model():
+    model = keras.Sequential(
+        [keras.Input((8, 8, 3)), keras.layers.Conv2D(16, 3), keras.layers.BatchNormalization(),
+         keras.layers.ReLU(), keras.layers.Flatten(), keras.layers.Dense(4)]
+    )
+    converted = keras_gn.convert_bn_to_gn(model, groups=8)
+    assert isinstance(converted, keras.Sequential)
+    assert [type(l).__name__ for l in converted.layers] == [
+        "Conv2D", "GroupNormalization", "ReLU", "Flatten", "Dense"]
+    for old, new in zip(model.layers, converted.layers):
+        if not isinstance(old, keras.layers.BatchNormalization):
+            for a, b in zip(old.get_weights(), new.get_weights()):
+                np.testing.assert_array_equal(a, b)
+    assert converted(np.ones((1, 8, 8, 3))).shape == (1, 4)
+
+
+def test_nested_models_and_shared_layers():
+    inner_in = keras.Input((8, 8, 16))
+    inner = keras.Model(inner_in, conv_bn_relu(16, "inner")(inner_in), name="inner")
+    head = keras.Sequential(
+        [keras.Input((8, 8, 16)), keras.layers.BatchNormalization(name="head_bn"),
+         keras.layers.GlobalAveragePooling2D()], name="head")
+    shared_bn = keras.layers.BatchNormalization(name="shared_bn")
+
+    a, b = keras.Input((8, 8, 3), name="a"), keras.Input((8, 8, 3), name="b")
+    stem = keras.layers.Conv2D(16, 1, name="stem")
+    xa, xb = shared_bn(stem(a)), shared_bn(stem(b))  # shared layers, called twice
+    xa, xb = inner(xa), inner(xb)  # a nested model, called twice
+    merged = keras.layers.Add(name="add")([xa, xb])
+    model = keras.Model([a, b], head(merged))
+    randomize_bn(model)
+
+    converted, report = keras_gn.convert_bn_to_gn(model, groups=4, return_report=True)
+    assert count(converted, keras.layers.BatchNormalization) == 0
+    assert count(converted, keras_gn.GroupNormalization) == 3
+    assert sorted(l.path for l in report.layers) == ["head/head_bn", "inner/inner_bn", "shared_bn"]
+    assert connectivity(converted) == connectivity(model)
+    # Still one shared layer with two calls, one nested model called twice.
+    assert len(converted.get_layer("shared_bn")._inbound_nodes) == 2
+    assert len(converted.get_layer("inner")._inbound_nodes) == 2
+    x = [np.ones((2, 8, 8, 3), "float32"), np.zeros((2, 8, 8, 3), "float32")]
+    assert converted(x).shape == (2, 16)
+    np.testing.assert_array_equal(
+        converted.get_layer("inner").get_layer("inner_bn").gamma,
+        model.get_layer("inner").get_layer("inner_bn").gamma)
+
+
+def test_bn_called_with_training_flag_and_channels_first_axis():
+    inputs = keras.Input((16, 5, 5))
+    x = keras.layers.Conv2D(16, 1, data_format="channels_first")(inputs)
+    x = keras.layers.BatchNormalization(axis=1, epsilon=1e-3, name="bn")(x, training=False)
+    model = keras.Model(inputs, x)
+    converted = keras_gn.convert_bn_to_gn(model, groups=8, epsilon=None)
+    gn = converted.get_layer("bn")
+    assert (gn.axis, gn.epsilon, gn.num_groups) == (1, 1e-3, 8)
+    assert converted(np.ones((1, 16, 5, 5))).shape == (1, 16, 5, 5)
+
+
+def test_mixed_precision_model_keeps_its_policy():
+    keras.config.set_dtype_policy("mixed_float16")
+    inputs = keras.Input((6, 6, 3))
+    model = keras.Model(inputs, conv_bn_relu(8, "block")(inputs))
+    converted = keras_gn.convert_bn_to_gn(model, groups=4)
+    gn = converted.get_layer("block_bn")
+    assert gn.dtype_policy.name == "mixed_float16"
+    assert gn.gamma.dtype == "float32"
+    assert converted(np.ones((1, 6, 6, 3))).dtype == "float16"
+
+
+def test_options_reset_and_zero_init_last_on_resnet50():
+    model = keras.applications.ResNet50(weights=None, input_shape=(32, 32, 3), classes=10)
+    randomize_bn(model)
+    reset = keras_gn.convert_bn_to_gn(model, init="reset")
+    zero_last, report = keras_gn.convert_bn_to_gn(model, init="zero_init_last", return_report=True)
+    zeroed = {l.path for l in report.layers if l.gamma_beta == "reset, gamma=0"}
+    # ResNet-50 has 16 bottleneck blocks; the third BN of each ends the
+    # residual branch, the projection shortcuts (_0_bn) do not.
+    assert len(zeroed) == 16 and all(name.endswith("_3_bn") for name in zeroed)
+    for layer in all_layers(zero_last):
+        if isinstance(layer, keras_gn.GroupNormalization):
+            expected_gamma = 0.0 if layer.name in zeroed else 1.0
+            np.testing.assert_array_equal(layer.gamma, expected_gamma)
+            np.testing.assert_array_equal(layer.beta, 0.0)
+            reset_gn = reset.get_layer(layer.name)
+            np.testing.assert_array_equal(reset_gn.gamma, 1.0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(init="zeros"), r"init='zeros' is not one of \('copy', 'reset', 'zero_init_last'\)"),
+        (dict(groups=0), "positive integer"),
+        (dict(groups=None), "exactly one of"),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    model = keras.Sequential([keras.Input((4, 4, 8)), keras.layers.BatchNormalization()])
+    with pytest.raises(ValueError, match=message):
+        keras_gn.convert_bn_to_gn(model, **kwargs)
+
+
+class SubclassedNet(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.bn = keras.layers.BatchNormalization()
+
+    def call(self, x):
+        return self.bn(x)
+
+
+class BlockWithHiddenBN(keras.layers.Layer):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.bn = keras.layers.BatchNormalization()
+
+    def call(self, x):
+        return self.bn(x)
+
+
+def test_subclassed_model_is_rejected_with_its_class_name():
+    model = SubclassedNet()
+    model(np.ones((1, 4, 4, 8)))
+    with pytest.raises(ValueError, match="subclassed model of class SubclassedNet"):
+        keras_gn.convert_bn_to_gn(model)
+
+
+def test_bn_hidden_in_a_custom_layer_is_rejected_not_left_behind():
+    inputs = keras.Input((4, 4, 8))
+    model = keras.Model(inputs, BlockWithHiddenBN(name="custom")(inputs))
+    with pytest.raises(ValueError, match="layer 'custom' of class BlockWithHiddenBN: it contains 1 BatchNormalization"):
+        keras_gn.convert_bn_to_gn(model)
+
+
+def test_unbuilt_sequential_is_rejected():
+    model = keras.Sequential([keras.layers.BatchNormalization()])
+    with pytest.raises(ValueError, match="not built"):
+        keras_gn.convert_bn_to_gn(model)
+
+
+def test_report_lists_every_layer_and_marks_adjusted_group_counts():
+    inputs = keras.Input((8, 8, 3))
+    x = conv_bn_relu(64, "a")(inputs)
+    x = conv_bn_relu(24, "b")(x)
+    _, report = keras_gn.convert_bn_to_gn(keras.Model(inputs, x), return_report=True)
+    assert [(l.path, l.channels, l.groups, l.group_size) for l in report.layers] == [
+        ("a_bn", 64, 32, 2), ("b_bn", 24, 12, 2)]
+    assert [l.path for l in report.adjusted] == ["b_bn"]
+    text = str(report)
+    assert "Converted 2 BatchNormalization layers" in text and "1 use another group count" in text
+    assert any(line.startswith("b_bn") and line.endswith("*") for line in text.splitlines())
+
+
+def test_converted_model_trains_saves_and_loads(tmp_path):
+    model = keras.applications.MobileNetV2(weights=None, input_shape=(32, 32, 3), classes=5)
+    converted = keras_gn.convert_bn_to_gn(model, init="zero_init_last")
+    converted.compile(optimizer=keras.optimizers.SGD(0.01), loss="sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(-1, 1, (4, 32, 32, 3)).astype("float32"), rng.integers(0, 5, 4)
+    history = converted.fit(x, y, epochs=1, batch_size=4, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    path = tmp_path / "mobilenetv2_gn.keras"
+    converted.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), converted.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    assert count(loaded, keras_gn.GroupNormalization) == count(model, keras.layers.BatchNormalization)
+
+
+# ---------------------------------------------------------------- keras.applications
+
+APPLICATIONS = {
+    "ResNet50": 32, "ResNet101": 32, "ResNet152": 32, "ResNet50V2": 32, "ResNet101V2": 32,
+    "MobileNet": 32, "MobileNetV2": 32, "MobileNetV3Small": 32, "MobileNetV3Large": 32,
+    "DenseNet121": 32, "EfficientNetB0": 32, "EfficientNetV2B0": 32, "Xception": 71,
+    "InceptionV3": 75, "InceptionResNetV2": 75, "NASNetMobile": 32,
+}
+
+
+@pytest.mark.parametrize("name", sorted(APPLICATIONS))
+def test_keras_applications(name):
+    size = APPLICATIONS[name]
+    model = getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3), classes=10)
+    randomize_bn(model)
+    converted, report = keras_gn.convert_bn_to_gn(model, return_report=True)
+
+    bn_layers = [l for l in all_layers(model) if isinstance(l, keras.layers.BatchNormalization)]
+    assert bn_layers, f"{name} has no BatchNormalization"
+    assert count(converted, keras.layers.BatchNormalization) == 0
+    assert len(report.layers) == len(bn_layers)
+    # Same layers in the same order, same connections: only BN -> GN changed.
+    assert [l.name for l in converted.layers] == [l.name for l in model.layers]
+    assert connectivity(converted) == connectivity(model)
+    for old, new in zip(all_layers(model), all_layers(converted)):
+        if isinstance(old, keras.layers.BatchNormalization):
+            assert isinstance(new, keras_gn.GroupNormalization)
+            assert new.num_groups == choose_groups(old.moving_mean.shape[0])
+            assert (new.scale, new.center, new.axis) == (old.scale, old.center, old.axis)
+            if old.scale:
+                np.testing.assert_array_equal(new.gamma, old.gamma)
+            if old.center:
+                np.testing.assert_array_equal(new.beta, old.beta)
+            assert len(new.weights) == old.scale + old.center  # no moving statistics
+        else:
+            assert type(new) is type(old)
+            assert len(new.weights) == len(old.weights)
+            for a, b in zip(old.weights, new.weights):
+                np.testing.assert_array_equal(a, b)
+    x = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype("float32")
+    y = converted.predict(x, verbose=0)
+    assert y.shape == (2, 10) and np.all(np.isfinite(y))
+
+
+def test_masked_batch_norm_is_rejected_rather_than_silently_unmasked():
+    inputs = keras.Input((5,), dtype="int32")
+    x = keras.layers.Embedding(10, 8, mask_zero=True)(inputs)
+    model = keras.Model(inputs, keras.layers.BatchNormalization(name="bn")(x))
+    with pytest.raises(ValueError, match="layer 'bn': it is called with a mask"):
+        keras_gn.convert_bn_to_gn(model, groups=4)
+
+
+def test_input_names_are_kept():
+    inputs = keras.Input((4, 4, 8), name="image")
+    model = keras.Model(inputs, keras.layers.BatchNormalization()(inputs))
+    converted = keras_gn.convert_bn_to_gn(model, groups=4)
+    assert isinstance(converted.layers[0], keras.layers.InputLayer)
+    assert converted.layers[0].name == "image"

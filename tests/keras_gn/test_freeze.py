@@ -1,0 +1,51 @@
+"""Tests of keras_gn.freeze_bn: BN* outputs equal BN in inference mode."""
+
+import numpy as np
+import pytest
+import keras
+
+import keras_gn
+from tests.keras_gn.test_convert import all_layers, count, randomize_bn
+
+
+@pytest.mark.parametrize("name, size", [("ResNet50", 32), ("MobileNetV2", 32), ("InceptionV3", 75)])
+def test_frozen_model_matches_bn_inference(name, size):
+    model = getattr(keras.applications, name)(
+        weights=None, input_shape=(size, size, 3), classes=10, classifier_activation=None)
+    randomize_bn(model)  # nontrivial moving statistics, gamma and beta
+    frozen = keras_gn.freeze_bn(model)
+    assert count(frozen, keras.layers.BatchNormalization) == 0
+    assert count(frozen, keras_gn.ChannelAffine) == count(model, keras.layers.BatchNormalization)
+    x = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype("float32")
+    expected = model(x, training=False)
+    np.testing.assert_allclose(frozen(x, training=False), expected, rtol=1e-4, atol=1e-4)
+    # Frozen statistics: training mode gives the same result.
+    np.testing.assert_allclose(frozen(x, training=True), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_affine_is_frozen_unless_asked_and_other_weights_are_copied():
+    inputs = keras.Input((6, 6, 3))
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    x = keras.layers.BatchNormalization(center=False, epsilon=1e-2, name="bn")(x)
+    model = keras.Model(inputs, x)
+    randomize_bn(model)
+    frozen = keras_gn.freeze_bn(model)
+    trainable = keras_gn.freeze_bn(model, trainable=True)
+    assert frozen.get_layer("bn").trainable_weights == []
+    assert len(trainable.get_layer("bn").trainable_weights) == 2
+    bn = model.get_layer("bn")
+    expected_scale = bn.gamma.numpy() / np.sqrt(bn.moving_variance.numpy() + 1e-2)
+    np.testing.assert_allclose(frozen.get_layer("bn").scale, expected_scale, rtol=1e-6)
+    np.testing.assert_allclose(frozen.get_layer("bn").offset, -bn.moving_mean.numpy() * expected_scale, rtol=1e-5)
+    np.testing.assert_array_equal(frozen.get_layer("conv").kernel, model.get_layer("conv").kernel)
+
+
+def test_subclassed_model_is_rejected():
+    class Net(keras.Model):
+        def call(self, x):
+            return x
+
+    model = Net()
+    model(np.ones((1, 2)))
+    with pytest.raises(ValueError, match="freeze_bn rewrites Functional and Sequential models.*class Net"):
+        keras_gn.freeze_bn(model)
