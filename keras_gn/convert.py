@@ -191,6 +191,8 @@ def convert_bn_to_gn(
     `GroupNormalization` keeps the name, axis, center/scale flags,
     regularizers, constraints, dtype policy and trainability of the layer it
     replaces. BatchNormalization moving statistics are dropped (GN has none).
+    A Functional subclass (e.g. a keras-cv backbone) comes back as a plain
+    `keras.Model` with the same graph, without its subclass's own methods.
 
     Channel counts that `groups` does not divide get their own group count by
     the rule of `keras_gn.convert.choose_groups`; the report lists them.

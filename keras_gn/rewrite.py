@@ -118,7 +118,7 @@ def rewrite_layers(model, is_target, make_replacement, load_replacement, what):
                     f"'{hidden[0].name}') inside custom code. Only layers of "
                     "Functional and Sequential models can be replaced."
                 )
-            new_layer = layer.__class__.from_config(layer.get_config())
+            new_layer = _clone_from_config(layer)
             if isinstance(layer, keras.layers.Layer):
                 copied.append((layer, new_layer))
         clones[id(layer)] = new_layer
@@ -156,6 +156,24 @@ def rewrite_layers(model, is_target, make_replacement, load_replacement, what):
     for _, old, new in replaced:
         load_replacement(old, new)
     return new_model, replaced
+
+
+def _clone_from_config(layer):
+    """A new, unbuilt layer like `layer` (what `clone_model` does by default)."""
+    if isinstance(layer, keras.layers.Lambda):
+        # Around the same Python function: one rebuilt from its serialized
+        # bytecode loses the function's module globals (keras-cv's CSPDarkNet
+        # has `Lambda(lambda x: keras.activations.silu(x))`).
+        return keras.layers.Lambda(
+            layer.function,
+            output_shape=layer._output_shape,
+            mask=layer.mask,
+            arguments=layer.arguments,
+            name=layer.name,
+            dtype=layer.dtype_policy,
+            trainable=layer.trainable,
+        )
+    return layer.__class__.from_config(layer.get_config())
 
 
 def _like_input(tensor):

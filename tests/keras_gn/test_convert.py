@@ -329,3 +329,45 @@ def test_input_names_are_kept():
     converted = keras_gn.convert_bn_to_gn(model, groups=4)
     assert isinstance(converted.layers[0], keras.layers.InputLayer)
     assert converted.layers[0].name == "image"
+
+
+def test_lambda_layers_keep_their_python_function():
+    # A lambda that needs its module's globals (`keras`, `np`): rebuilding it
+    # from serialized bytecode, as from_config does, would lose them.
+    block = keras.Sequential(
+        [keras.layers.Conv2D(8, 1), keras.layers.BatchNormalization(),
+         keras.layers.Lambda(lambda x: keras.activations.silu(x) * np.float32(2.0))])
+    inputs = keras.Input((4, 4, 3))
+    model = keras.Model(inputs, block(inputs))
+    converted = keras_gn.convert_bn_to_gn(model, groups=4)
+    x = np.random.default_rng(0).normal(size=(1, 4, 4, 3)).astype("float32")
+    conv, gn, _ = converted.layers[1].layers
+    assert isinstance(gn, keras_gn.GroupNormalization)
+    expected = keras.activations.silu(gn(conv(x))) * 2.0
+    np.testing.assert_allclose(converted(x), expected, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- keras-cv
+
+
+def test_keras_cv_backbones():
+    keras_cv = pytest.importorskip("keras_cv")
+    kwargs = dict(stackwise_filters=[16, 32], stackwise_blocks=[2, 2], stackwise_strides=[1, 2],
+                  input_shape=(32, 32, 3), include_rescaling=True)
+    for backbone in (keras_cv.models.ResNetBackbone(**kwargs), keras_cv.models.ResNetV2Backbone(**kwargs)):
+        randomize_bn(backbone)
+        converted = keras_gn.convert_bn_to_gn(backbone, group_size=8)
+        assert count(converted, keras.layers.BatchNormalization) == 0
+        assert count(converted, keras_gn.GroupNormalization) == count(backbone, keras.layers.BatchNormalization)
+        assert connectivity(converted) == connectivity(backbone)
+        x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+        assert converted(x).shape == backbone(x).shape
+
+
+def test_keras_cv_block_with_hidden_bn_is_reported():
+    keras_cv = pytest.importorskip("keras_cv")
+    backbone = keras_cv.models.CSPDarkNetBackbone(
+        stackwise_channels=[32, 64], stackwise_depth=[1, 1], input_shape=(32, 32, 3),
+        include_rescaling=True)
+    with pytest.raises(ValueError, match="of class CrossStagePartial: it contains 5 BatchNormalization"):
+        keras_gn.convert_bn_to_gn(backbone)

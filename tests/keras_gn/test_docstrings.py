@@ -1,0 +1,15 @@
+"""The Example sections of the public docstrings run and print what they say."""
+
+import doctest
+
+import pytest
+
+from keras_gn.layers import channel_affine
+from keras_gn.layers import group_normalization
+
+
+@pytest.mark.parametrize("module", [group_normalization, channel_affine])
+def test_docstring_examples(module):
+    results = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert results.attempted > 0
+    assert results.failed == 0
