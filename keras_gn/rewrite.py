@@ -106,6 +106,16 @@ def rewrite_layers(model, is_target, make_replacement, load_replacement, what):
             new_layer = clone_graph_model(layer)
         elif is_target(layer):
             new_layer = make_replacement(layer)
+            masked = any(
+                node.arguments.kwargs.get("mask") is not None
+                for node in layer._inbound_nodes
+            )
+            if masked and not new_layer.supports_masking:
+                raise ValueError(
+                    f"{what} cannot replace layer '{layer.name}': it is called "
+                    f"with a mask, which {type(new_layer).__name__} cannot "
+                    "honour."
+                )
             replaced.append((paths.get(id(layer), layer.name), layer, new_layer))
             replacement_ids.add(id(new_layer))
         else:
@@ -126,13 +136,11 @@ def rewrite_layers(model, is_target, make_replacement, load_replacement, what):
 
     def call_layer(layer, *args, **kwargs):
         if id(layer) in replacement_ids:
+            # Recorded for BatchNormalization calls; the replacements take
+            # neither. A mask still reaches the layers after a replacement
+            # that supports masking: Keras passes it along the tensor.
             kwargs.pop("training", None)
-            mask = kwargs.pop("mask", None)
-            if mask is not None:
-                raise ValueError(
-                    f"{what} cannot replace layer '{layer.name}': it is called "
-                    f"with a mask, which {type(layer).__name__} does not take."
-                )
+            kwargs.pop("mask", None)
         return layer(*args, **kwargs)
 
     def clone_graph_model(graph_model):

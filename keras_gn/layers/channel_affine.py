@@ -54,6 +54,8 @@ class ChannelAffine(keras.layers.Layer):
                 f"axis={axis!r}."
             )
         self.axis = axis
+        # Elementwise: a mask passes through unchanged, as through BN.
+        self.supports_masking = True
 
     def build(self, input_shape):
         rank = len(input_shape)

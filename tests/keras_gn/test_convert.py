@@ -321,6 +321,11 @@ def test_masked_batch_norm_is_rejected_rather_than_silently_unmasked():
     model = keras.Model(inputs, keras.layers.BatchNormalization(name="bn")(x))
     with pytest.raises(ValueError, match="layer 'bn': it is called with a mask"):
         keras_gn.convert_bn_to_gn(model, groups=4)
+    # In a Sequential too, where masks are passed along implicitly.
+    sequential = keras.Sequential([keras.Input((5,), dtype="int32"), keras.layers.Embedding(10, 8, mask_zero=True),
+                                   keras.layers.BatchNormalization(name="seq_bn")])
+    with pytest.raises(ValueError, match="layer 'seq_bn': it is called with a mask"):
+        keras_gn.convert_bn_to_gn(sequential, groups=4)
 
 
 def test_input_names_are_kept():

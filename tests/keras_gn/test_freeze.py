@@ -49,3 +49,14 @@ def test_subclassed_model_is_rejected():
     model(np.ones((1, 2)))
     with pytest.raises(ValueError, match="freeze_bn rewrites Functional and Sequential models.*class Net"):
         keras_gn.freeze_bn(model)
+
+
+def test_masks_still_flow_through_frozen_bn():
+    inputs = keras.Input((6,), dtype="int32")
+    x = keras.layers.Embedding(10, 4, mask_zero=True)(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling1D()(x))  # averages unmasked steps
+    randomize_bn(model)
+    frozen = keras_gn.freeze_bn(model)
+    tokens = np.array([[3, 4, 0, 0, 0, 0], [1, 2, 3, 4, 5, 0]])
+    np.testing.assert_allclose(frozen(tokens), model(tokens, training=False), rtol=1e-5, atol=1e-6)
