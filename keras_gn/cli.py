@@ -32,8 +32,8 @@ def _parser():
         help="input shape for --application, e.g. 224,224,3 (default: the model's)",
     )
     grouping = convert.add_mutually_exclusive_group()
-    grouping.add_argument("--groups", type=int, default=32)
-    grouping.add_argument("--group_size", type=int, default=None)
+    grouping.add_argument("--groups", type=int, default=None, help="groups per layer (default 32)")
+    grouping.add_argument("--group_size", type=int, default=None, help="channels per group, instead of --groups")
     convert.add_argument("--min_group_size", type=int, default=2)
     convert.add_argument("--init", choices=INIT_MODES, default="copy")
     convert.add_argument("--output", help="where to save the converted .keras model")
@@ -60,11 +60,12 @@ def _load(args):
 def main(argv=None):
     args = _parser().parse_args(argv)
     import keras_gn
+    from keras_gn import ops
 
     model = _load(args)
     converted, report = keras_gn.convert_bn_to_gn(
         model,
-        groups=args.groups,
+        groups=ops.DEFAULT_GROUPS if args.groups is None else args.groups,
         group_size=args.group_size,
         min_group_size=args.min_group_size,
         init=args.init,

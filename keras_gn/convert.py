@@ -175,7 +175,7 @@ def residual_branch_norms(model, is_norm=is_batch_norm):
 
 def convert_bn_to_gn(
     model,
-    groups=32,
+    groups=ops.DEFAULT_GROUPS,
     group_size=None,
     *,
     min_group_size=2,
@@ -200,7 +200,7 @@ def convert_bn_to_gn(
     Args:
         model: a built Functional or Sequential Keras model.
         groups: int, number of groups per layer where it divides the channels.
-            Defaults to `32`.
+            Give either `groups` or `group_size`, not both. Defaults to `32`.
         group_size: int or None, channels per group instead of `groups`.
             Defaults to `None`.
         min_group_size: int, fewest channels per group when choosing by
@@ -235,9 +235,7 @@ def convert_bn_to_gn(
         raise ValueError(
             f"convert_bn_to_gn: init={init!r} is not one of {INIT_MODES}."
         )
-    if group_size is not None:
-        groups = None
-    ops.check_grouping_arguments(groups, group_size, name="convert_bn_to_gn")
+    groups = ops.check_grouping_arguments(groups, group_size, name="convert_bn_to_gn")
     zero_gamma = residual_branch_norms(model) if init == "zero_init_last" else set()
     records = {}
 

@@ -30,12 +30,34 @@ def divisors(n):
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
+class _DefaultGroups(int):
+    """The default `groups=32`, distinguishable from an explicit 32.
+
+    Lets `GroupNormalization(group_size=16)` work while
+    `GroupNormalization(groups=32, group_size=16)` is still rejected as
+    ambiguous.
+    """
+
+    def __repr__(self):
+        return "32"
+
+
+DEFAULT_GROUPS = _DefaultGroups(32)
+
+
 def check_grouping_arguments(groups, group_size, name="GroupNormalization"):
     """Checks that exactly one of `groups` and `group_size` is a positive int.
+
+    A `groups` left at `DEFAULT_GROUPS` gives way to an explicit `group_size`.
+
+    Returns:
+        `groups` as a plain int, or None when `group_size` is used.
 
     Raises:
         ValueError: naming the layer and the received values otherwise.
     """
+    if group_size is not None and groups is DEFAULT_GROUPS:
+        groups = None
     for arg, value in (("groups", groups), ("group_size", group_size)):
         if value is not None and (
             isinstance(value, bool) or not isinstance(value, int) or value < 1
@@ -50,6 +72,7 @@ def check_grouping_arguments(groups, group_size, name="GroupNormalization"):
             f"and `group_size` (channels per group); received groups={groups}, "
             f"group_size={group_size}."
         )
+    return None if groups is None else int(groups)
 
 
 def resolve_groups(channels, groups=None, group_size=None, name="GroupNormalization"):

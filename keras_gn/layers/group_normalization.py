@@ -6,21 +6,6 @@ from keras_gn import ops
 from keras_gn.serialization import register
 
 
-class _DefaultGroups(int):
-    """The default `groups=32`, distinguishable from an explicit 32.
-
-    Lets `GroupNormalization(group_size=16)` work while
-    `GroupNormalization(groups=32, group_size=16)` is still rejected as
-    ambiguous.
-    """
-
-    def __repr__(self):
-        return "32"
-
-
-_DEFAULT_GROUPS = _DefaultGroups(32)
-
-
 @register
 class GroupNormalization(keras.layers.Layer):
     """Group Normalization layer (Wu & He, 2018).
@@ -110,7 +95,7 @@ class GroupNormalization(keras.layers.Layer):
 
     def __init__(
         self,
-        groups=_DEFAULT_GROUPS,
+        groups=ops.DEFAULT_GROUPS,
         group_size=None,
         axis=-1,
         epsilon=1e-5,
@@ -125,15 +110,13 @@ class GroupNormalization(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if group_size is not None and groups is _DEFAULT_GROUPS:
-            groups = None
-        ops.check_grouping_arguments(groups, group_size, name=self.name)
+        groups = ops.check_grouping_arguments(groups, group_size, name=self.name)
         if isinstance(axis, bool) or not isinstance(axis, int):
             raise ValueError(
                 f"Layer '{self.name}': `axis` must be a single int (the channel "
                 f"axis, e.g. -1 or 1); received axis={axis!r}."
             )
-        self.groups = None if groups is None else int(groups)
+        self.groups = groups
         self.group_size = group_size
         self.axis = axis
         self.epsilon = epsilon

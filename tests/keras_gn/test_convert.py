@@ -197,6 +197,7 @@ def test_options_reset_and_zero_init_last_on_resnet50():
         (dict(init="zeros"), r"init='zeros' is not one of \('copy', 'reset', 'zero_init_last'\)"),
         (dict(groups=0), "positive integer"),
         (dict(groups=None), "exactly one of"),
+        (dict(groups=16, group_size=8), "exactly one of"),
     ],
 )
 def test_bad_arguments(kwargs, message):
