@@ -20,9 +20,21 @@ Numerical guarantees of `group_norm`:
 - Only reshape, mean, subtract, multiply, add and rsqrt are used, with the
   static shape kept wherever it is known, so graphs convert to TFLite
   builtin ops and compile under XLA.
+
+`group_norm(..., implementation=...)` runs either this composite recipe or the
+fused C++ kernel (`keras_gn.fused`, source in `custom_ops/`), which computes
+the same function with the same guarantees; `resolve_implementation` decides.
 """
 
+import functools
+
 import tensorflow as tf
+from tensorflow.python.ops import control_flow_util
+from tensorflow.python.saved_model import save_context
+
+IMPLEMENTATIONS = ("auto", "fused", "composite")
+ACTIVATIONS = (None, "relu", "silu")
+FUSED_DTYPES = (tf.float32, tf.float16, tf.bfloat16)
 
 
 def divisors(n):
@@ -149,13 +161,91 @@ def _reshape(x, dims):
     return tf.reshape(x, tf.stack(dims))
 
 
-def group_norm(x, gamma=None, beta=None, *, groups, axis=-1, epsilon=1e-5):
+@functools.lru_cache(maxsize=None)
+def _gpu_visible():
+    return bool(tf.config.list_logical_devices("GPU"))
+
+
+def fused_unsupported_reason(x, axis):
+    """Why the fused op cannot compute GN of `x` here, or None if it can.
+
+    The op runs on the CPU, for float32/float16/bfloat16 inputs of rank 3 to
+    5 with the channels first (axis 1) or last, outside XLA compilation and
+    outside SavedModel tracing (exported models must not depend on the op).
+    """
+    rank = x.shape.rank
+    if x.dtype not in FUSED_DTYPES:
+        return f"dtype {x.dtype.name} (the op takes float32, float16, bfloat16)"
+    if rank is None or not 3 <= rank <= 5:
+        return f"rank {rank} (the op takes ranks 3 to 5)"
+    if axis % rank not in (1, rank - 1):
+        return f"channel axis {axis} (the op takes channels first or last)"
+    if control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
+        return "XLA compilation (jit_compile=True)"
+    if save_context.in_save_context():
+        return "SavedModel export"
+    if _gpu_visible():
+        return "a GPU is visible (the op has a CPU kernel only)"
+    from keras_gn import fused
+
+    if fused.load() is None:
+        return f"the op could not be built: {fused.unavailable_reason()}"
+    return None
+
+
+def resolve_implementation(implementation, x, axis, name="GroupNormalization"):
+    """Returns "fused" or "composite" for computing GN of `x`.
+
+    "auto" is "fused" wherever the op can run (see
+    `fused_unsupported_reason`), "composite" elsewhere; "fused" insists.
+
+    Raises:
+        ValueError: for "fused" where the op cannot run, or an unknown value.
+    """
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"Layer '{name}': implementation={implementation!r} is not one of "
+            f"{IMPLEMENTATIONS}."
+        )
+    if implementation == "composite":
+        return "composite"
+    reason = fused_unsupported_reason(x, axis)
+    if reason is None:
+        return "fused"
+    if implementation == "fused":
+        raise ValueError(
+            f"Layer '{name}': implementation='fused' cannot run here: {reason}. "
+            "Use implementation='auto' to fall back to the composite recipe."
+        )
+    return "composite"
+
+
+def _activate(x, activation):
+    if activation == "relu":
+        return tf.nn.relu(x)
+    if activation == "silu":
+        return tf.nn.silu(x)
+    return x
+
+
+def group_norm(
+    x,
+    gamma=None,
+    beta=None,
+    *,
+    groups,
+    axis=-1,
+    epsilon=1e-5,
+    activation=None,
+    implementation="composite",
+    name="GroupNormalization",
+):
     """Group Normalization (Wu & He 2018, Eq. 1, 2, 6 and 7).
 
     The channel axis is split into `groups` groups; each sample is normalized
     to zero mean and unit variance over its non-batch, non-channel positions
     and the channels of its group; then a per-channel `gamma` scales and a
-    per-channel `beta` shifts the result.
+    per-channel `beta` shifts the result, and `activation` is applied.
 
     Args:
         x: tensor of rank >= 2 with a batch axis 0 and a statically known
@@ -166,11 +256,40 @@ def group_norm(x, gamma=None, beta=None, *, groups, axis=-1, epsilon=1e-5):
         axis: int, the channel axis (negative values count from the end; 0, the
             batch axis, is not allowed).
         epsilon: float, added to the variance.
+        activation: None, "relu" or "silu", applied to the output.
+        implementation: "composite" (this module's TensorFlow ops), "fused"
+            (the C++ kernel) or "auto" (see `resolve_implementation`).
+        name: name of the calling layer, for error messages.
 
     Returns:
-        A tensor of the shape of `x` in `statistics_dtype(x.dtype)`.
+        A tensor of the shape of `x`: in `statistics_dtype(x.dtype)` from the
+        composite recipe, in the dtype of `x` from the fused kernel.
     """
     x = tf.convert_to_tensor(x)
+    if resolve_implementation(implementation, x, axis, name) == "fused":
+        return _fused_group_norm(x, gamma, beta, groups, axis, epsilon, activation)
+    return _activate(_composite_group_norm(x, gamma, beta, groups, axis, epsilon), activation)
+
+
+def _fused_group_norm(x, gamma, beta, groups, axis, epsilon, activation):
+    from keras_gn import fused
+
+    channels_last = axis % x.shape.rank == x.shape.rank - 1
+    channels = x.shape[axis]
+    gamma = tf.ones([channels]) if gamma is None else tf.cast(gamma, tf.float32)
+    beta = tf.zeros([channels]) if beta is None else tf.cast(beta, tf.float32)
+    return fused.group_norm(
+        x,
+        gamma,
+        beta,
+        groups=groups,
+        epsilon=epsilon,
+        channels_last=channels_last,
+        activation=activation or "none",
+    )
+
+
+def _composite_group_norm(x, gamma, beta, groups, axis, epsilon):
     rank = x.shape.rank
     axis = axis % rank
     channels = x.shape[axis]

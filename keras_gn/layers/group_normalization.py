@@ -59,6 +59,18 @@ class GroupNormalization(keras.layers.Layer):
             `None`.
         beta_constraint: optional constraint for `beta`. Defaults to `None`.
         gamma_constraint: optional constraint for `gamma`. Defaults to `None`.
+        activation: `None`, `"relu"` or `"silu"`: an activation applied to the
+            output, fused into the kernel (forward and backward) when the
+            fused implementation runs. Defaults to `None`.
+        implementation: `"auto"`, `"fused"` or `"composite"`. `"fused"` is a
+            C++ TensorFlow kernel (CPU; float32, float16 and bfloat16 inputs
+            of rank 3 to 5, channels first or last), compiled on first use;
+            `"composite"` is plain TensorFlow ops (any rank, dtype and
+            device, XLA, TFLite). `"auto"` uses the fused kernel wherever it
+            can run and the composite recipe elsewhere, including under
+            `jit_compile=True`, while exporting a SavedModel, and when the
+            kernel cannot be compiled. Both compute the same function.
+            Defaults to `"auto"`.
         **kwargs: base layer keyword arguments, such as `name` and `dtype`.
 
     Call arguments:
@@ -107,6 +119,8 @@ class GroupNormalization(keras.layers.Layer):
         gamma_regularizer=None,
         beta_constraint=None,
         gamma_constraint=None,
+        activation=None,
+        implementation="auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -115,6 +129,16 @@ class GroupNormalization(keras.layers.Layer):
             raise ValueError(
                 f"Layer '{self.name}': `axis` must be a single int (the channel "
                 f"axis, e.g. -1 or 1); received axis={axis!r}."
+            )
+        if activation not in ops.ACTIVATIONS:
+            raise ValueError(
+                f"Layer '{self.name}': activation={activation!r} is not one of "
+                f"{ops.ACTIVATIONS}."
+            )
+        if implementation not in ops.IMPLEMENTATIONS:
+            raise ValueError(
+                f"Layer '{self.name}': implementation={implementation!r} is not "
+                f"one of {ops.IMPLEMENTATIONS}."
             )
         self.groups = groups
         self.group_size = group_size
@@ -128,6 +152,8 @@ class GroupNormalization(keras.layers.Layer):
         self.gamma_regularizer = keras.regularizers.get(gamma_regularizer)
         self.beta_constraint = keras.constraints.get(beta_constraint)
         self.gamma_constraint = keras.constraints.get(gamma_constraint)
+        self.activation = activation
+        self.implementation = implementation
         # Resolved in build(); never written back to the constructor arguments,
         # so get_config() is the same before and after build.
         self._channel_axis = None
@@ -191,6 +217,9 @@ class GroupNormalization(keras.layers.Layer):
             groups=self._num_groups,
             axis=self._channel_axis,
             epsilon=self.epsilon,
+            activation=self.activation,
+            implementation=self.implementation,
+            name=self.name,
         )
         return keras.ops.cast(outputs, self.compute_dtype)
 
@@ -211,5 +240,7 @@ class GroupNormalization(keras.layers.Layer):
             "gamma_regularizer": keras.regularizers.serialize(self.gamma_regularizer),
             "beta_constraint": keras.constraints.serialize(self.beta_constraint),
             "gamma_constraint": keras.constraints.serialize(self.gamma_constraint),
+            "activation": self.activation,
+            "implementation": self.implementation,
         }
         return {**super().get_config(), **config}

@@ -1,0 +1,616 @@
+// Fused Group Normalization for TensorFlow on the CPU.
+//
+// KerasGnGroupNorm:      x, gamma, beta -> y, mean, rstd
+// KerasGnGroupNormGrad:  dy, x, gamma, beta, mean, rstd -> dx, dgamma, dbeta
+//
+// The math is the one of keras_gn/ops.py (Wu & He 2018, Eq. 1, 2, 6, 7),
+// with an optional fused activation (ReLU, SiLU) applied to the normalized
+// output. Inputs are float32, float16 or bfloat16; statistics and gamma/beta
+// are float32.
+//
+// Layout: channels-last [N, S..., C] or channels-first [N, C, S...] with one
+// to three spatial axes (ranks 3 to 5), seen as [N, S, C] or [N, C, S].
+//
+// Work is split into units of (sample, block of whole groups), sized so that
+// a unit's slice of the input stays in cache between two passes over it:
+// forward is "statistics, then normalize", backward is "reduce dy and
+// dy * xhat, then write dx"; the second pass re-reads the slice from cache.
+// Units run on TensorFlow's intra-op thread pool.
+//
+// Numerics:
+// - Statistics are one pass over data shifted by one of its own values per
+//   channel, combined per group with Chan et al.'s pairwise formula in
+//   float64: no E[x^2] - E[x]^2 cancellation for inputs with a large offset.
+// - Sums run in float32 over chunks of at most kChunk positions per channel
+//   and are then added up in float64.
+// - Every per-channel and per-group sum is computed by one unit in a fixed
+//   order, and dgamma/dbeta are reduced over the batch in sample order, so
+//   results do not depend on the number of threads or on the unit sizes.
+
+#define EIGEN_USE_THREADS
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/framework/tensor.h"
+
+namespace keras_gn {
+namespace {
+
+using ::tensorflow::DEVICE_CPU;
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Tensor;
+using ::tensorflow::TensorShape;
+using ::tensorflow::errors::InvalidArgument;
+
+constexpr int64_t kChunk = 64;  // positions summed in float32 before float64
+#ifndef KERAS_GN_UNIT_BYTES_CF
+#define KERAS_GN_UNIT_BYTES_CF (512 * 1024)
+#endif
+#ifndef KERAS_GN_UNIT_BYTES_CL
+#define KERAS_GN_UNIT_BYTES_CL (16 * 1024 * 1024)
+#endif
+// Target size of one unit's input slice. Channels-first slices are
+// contiguous and sized for the per-core L2 cache; channels-last slices are
+// strided rows of the unit's channels, and wide rows (whole samples where
+// they fit the shared L3) stream much better than narrow ones.
+constexpr int64_t kUnitBytesChannelsFirst = KERAS_GN_UNIT_BYTES_CF;
+constexpr int64_t kUnitBytesChannelsLast = KERAS_GN_UNIT_BYTES_CL;
+
+enum class Activation { kNone, kRelu, kSilu };
+
+inline float Sigmoid(float z) { return 1.0f / (1.0f + std::exp(-z)); }
+
+template <Activation A>
+inline float Activate(float z) {
+  if (A == Activation::kRelu) return z > 0.0f ? z : 0.0f;
+  if (A == Activation::kSilu) return z * Sigmoid(z);
+  return z;
+}
+
+// d Activate(z) / dz
+template <Activation A>
+inline float ActivationGrad(float z) {
+  if (A == Activation::kRelu) return z > 0.0f ? 1.0f : 0.0f;
+  if (A == Activation::kSilu) {
+    const float s = Sigmoid(z);
+    return s * (1.0f + z * (1.0f - s));
+  }
+  return 1.0f;
+}
+
+// The tensor seen as [N, S, C] (channels last) or [N, C, S].
+struct Geometry {
+  int64_t n, s, c, groups, group_size;
+  bool channels_last;
+
+  int64_t GroupElements() const { return s * group_size; }
+  // Element (sample, position, channel) of the flat tensor.
+  int64_t Index(int64_t sample, int64_t position, int64_t channel) const {
+    return channels_last ? (sample * s + position) * c + channel
+                         : (sample * c + channel) * s + position;
+  }
+};
+
+// Units of (sample, [first_group, end_group)).
+struct Blocking {
+  int64_t groups_per_unit, units_per_sample;
+
+  Blocking(const Geometry& g, int num_threads) {
+    const int64_t group_bytes = std::max<int64_t>(1, g.GroupElements() * 4);
+    int64_t per_unit = 1;  // a power of two: aligned channel blocks
+    const int64_t budget = g.channels_last ? kUnitBytesChannelsLast : kUnitBytesChannelsFirst;
+    while (per_unit * 2 * group_bytes <= budget) per_unit *= 2;
+    // Enough units to keep every thread busy.
+    const int64_t wanted_units = 4 * static_cast<int64_t>(num_threads);
+    while (per_unit > 1 && g.n * ((g.groups + per_unit - 1) / per_unit) < wanted_units) {
+      per_unit /= 2;
+    }
+    groups_per_unit = std::min(per_unit, g.groups);
+    units_per_sample = (g.groups + groups_per_unit - 1) / groups_per_unit;
+  }
+};
+
+// Per-channel shifted sums over the positions of one sample, for channels
+// [c0, c0 + width): sum1 = sum(x - shift), sum2 = sum((x - shift)^2), with
+// shift = the channel's value at position 0. Shifting by a value of the data
+// keeps the one-pass variance sum2 / n - (sum1 / n)^2 free of cancellation
+// for inputs with a large offset. Float32 within chunks, float64 across.
+template <typename T>
+void ChannelMoments(const Geometry& g, const T* x, int64_t sample, int64_t c0,
+                    int64_t width, float* shift, double* sum1, double* sum2) {
+  std::fill(sum1, sum1 + width, 0.0);
+  std::fill(sum2, sum2 + width, 0.0);
+  if (g.channels_last) {
+    const T* first = x + g.Index(sample, 0, c0);
+    for (int64_t k = 0; k < width; ++k) shift[k] = static_cast<float>(first[k]);
+    std::vector<float> p1(width, 0.0f), p2(width, 0.0f);
+    for (int64_t begin = 0; begin < g.s; begin += kChunk) {
+      const int64_t end = std::min(g.s, begin + kChunk);
+      for (int64_t p = begin; p < end; ++p) {
+        const T* row = x + g.Index(sample, p, c0);
+#pragma omp simd
+        for (int64_t k = 0; k < width; ++k) {
+          const float d = static_cast<float>(row[k]) - shift[k];
+          p1[k] += d;
+          p2[k] += d * d;
+        }
+      }
+      for (int64_t k = 0; k < width; ++k) {
+        sum1[k] += p1[k];
+        sum2[k] += p2[k];
+        p1[k] = p2[k] = 0.0f;
+      }
+    }
+  } else {
+    for (int64_t k = 0; k < width; ++k) {
+      const T* channel = x + g.Index(sample, 0, c0 + k);
+      const float k_shift = static_cast<float>(channel[0]);
+      shift[k] = k_shift;
+      for (int64_t begin = 0; begin < g.s; begin += kChunk) {
+        const int64_t end = std::min(g.s, begin + kChunk);
+        float s1 = 0.0f, s2 = 0.0f;
+#pragma omp simd reduction(+ : s1, s2)
+        for (int64_t p = begin; p < end; ++p) {
+          const float d = static_cast<float>(channel[p]) - k_shift;
+          s1 += d;
+          s2 += d * d;
+        }
+        sum1[k] += s1;
+        sum2[k] += s2;
+      }
+    }
+  }
+}
+
+// Two inputs (x and dy) at once: sums of f(channel, x, dy) into out_a, out_b.
+template <typename T, typename F>
+void ChannelSums2(const Geometry& g, const T* x, const T* dy, int64_t sample,
+                  int64_t c0, int64_t width, double* out_a, double* out_b, F f) {
+  std::fill(out_a, out_a + width, 0.0);
+  std::fill(out_b, out_b + width, 0.0);
+  if (g.channels_last) {
+    std::vector<float> pa(width, 0.0f), pb(width, 0.0f);
+    for (int64_t begin = 0; begin < g.s; begin += kChunk) {
+      const int64_t end = std::min(g.s, begin + kChunk);
+      for (int64_t p = begin; p < end; ++p) {
+        const int64_t base = g.Index(sample, p, c0);
+        for (int64_t k = 0; k < width; ++k) {
+          float a, b;
+          f(k, static_cast<float>(x[base + k]), static_cast<float>(dy[base + k]), &a, &b);
+          pa[k] += a;
+          pb[k] += b;
+        }
+      }
+      for (int64_t k = 0; k < width; ++k) {
+        out_a[k] += pa[k];
+        out_b[k] += pb[k];
+        pa[k] = pb[k] = 0.0f;
+      }
+    }
+  } else {
+    for (int64_t k = 0; k < width; ++k) {
+      const int64_t base = g.Index(sample, 0, c0 + k);
+      for (int64_t begin = 0; begin < g.s; begin += kChunk) {
+        const int64_t end = std::min(g.s, begin + kChunk);
+        float sa = 0.0f, sb = 0.0f;
+#pragma omp simd reduction(+ : sa, sb)
+        for (int64_t p = begin; p < end; ++p) {
+          float a, b;
+          f(k, static_cast<float>(x[base + p]), static_cast<float>(dy[base + p]), &a, &b);
+          sa += a;
+          sb += b;
+        }
+        out_a[k] += sa;
+        out_b[k] += sb;
+      }
+    }
+  }
+}
+
+// out[i] = f(channel, x[i]) over channels [c0, c0 + width) of one sample.
+template <typename T, typename F>
+void ChannelMap(const Geometry& g, const T* x, T* out, int64_t sample, int64_t c0,
+                int64_t width, F f) {
+  if (g.channels_last) {
+    for (int64_t p = 0; p < g.s; ++p) {
+      const int64_t base = g.Index(sample, p, c0);
+      for (int64_t k = 0; k < width; ++k) {
+        out[base + k] = static_cast<T>(f(k, static_cast<float>(x[base + k])));
+      }
+    }
+  } else {
+    for (int64_t k = 0; k < width; ++k) {
+      const int64_t base = g.Index(sample, 0, c0 + k);
+#pragma omp simd
+      for (int64_t p = 0; p < g.s; ++p) {
+        out[base + p] = static_cast<T>(f(k, static_cast<float>(x[base + p])));
+      }
+    }
+  }
+}
+
+// out[i] = f(channel, x[i], dy[i]).
+template <typename T, typename F>
+void ChannelMap2(const Geometry& g, const T* x, const T* dy, T* out, int64_t sample,
+                 int64_t c0, int64_t width, F f) {
+  if (g.channels_last) {
+    for (int64_t p = 0; p < g.s; ++p) {
+      const int64_t base = g.Index(sample, p, c0);
+      for (int64_t k = 0; k < width; ++k) {
+        out[base + k] = static_cast<T>(
+            f(k, static_cast<float>(x[base + k]), static_cast<float>(dy[base + k])));
+      }
+    }
+  } else {
+    for (int64_t k = 0; k < width; ++k) {
+      const int64_t base = g.Index(sample, 0, c0 + k);
+#pragma omp simd
+      for (int64_t p = 0; p < g.s; ++p) {
+        out[base + p] = static_cast<T>(
+            f(k, static_cast<float>(x[base + p]), static_cast<float>(dy[base + p])));
+      }
+    }
+  }
+}
+
+// The attr is validated by the op registration: one of none/relu/silu.
+Activation ParseActivation(const std::string& name) {
+  if (name == "relu") return Activation::kRelu;
+  if (name == "silu") return Activation::kSilu;
+  return Activation::kNone;
+}
+
+// Checks x / gamma / beta and returns the geometry, or sets an error.
+bool MakeGeometry(OpKernelContext* ctx, const Tensor& x, const Tensor& gamma,
+                  const Tensor& beta, int64_t groups, bool channels_last,
+                  Geometry* g) {
+  const int rank = x.dims();
+  if (rank < 3 || rank > 5) {
+    ctx->SetStatus(InvalidArgument(
+        "KerasGnGroupNorm: x must have rank 3, 4 or 5 (batch, 1 to 3 spatial "
+        "axes, channels); received shape ",
+        x.shape().DebugString()));
+    return false;
+  }
+  const int channel_axis = channels_last ? rank - 1 : 1;
+  g->n = x.dim_size(0);
+  g->c = x.dim_size(channel_axis);
+  g->s = 1;
+  for (int d = 1; d < rank; ++d) {
+    if (d != channel_axis) g->s *= x.dim_size(d);
+  }
+  g->channels_last = channels_last;
+  g->groups = groups;
+  if (g->c % groups != 0) {
+    ctx->SetStatus(InvalidArgument("KerasGnGroupNorm: ", g->c,
+                                   " channels are not divisible by groups=", groups));
+    return false;
+  }
+  g->group_size = g->c / groups;
+  for (const Tensor* t : {&gamma, &beta}) {
+    if (t->dims() != 1 || t->dim_size(0) != g->c) {
+      ctx->SetStatus(InvalidArgument("KerasGnGroupNorm: gamma and beta must have shape [",
+                                     g->c, "] (the channels of x), received ",
+                                     t->shape().DebugString()));
+      return false;
+    }
+  }
+  return true;
+}
+
+template <typename T>
+class GroupNormOp : public OpKernel {
+ public:
+  explicit GroupNormOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("groups", &groups_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("epsilon", &epsilon_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("channels_last", &channels_last_));
+    std::string activation;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("activation", &activation));
+    activation_ = ParseActivation(activation);
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    const Tensor& gamma = ctx->input(1);
+    const Tensor& beta = ctx->input(2);
+    Geometry g;
+    if (!MakeGeometry(ctx, x, gamma, beta, groups_, channels_last_, &g)) return;
+
+    Tensor *y, *mean, *rstd;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &y));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({g.n, g.groups}), &mean));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({g.n, g.groups}), &rstd));
+    if (x.NumElements() == 0) {
+      mean->flat<float>().setZero();
+      rstd->flat<float>().setZero();
+      return;
+    }
+    switch (activation_) {
+      case Activation::kRelu: Run<Activation::kRelu>(ctx, g, x, gamma, beta, y, mean, rstd); break;
+      case Activation::kSilu: Run<Activation::kSilu>(ctx, g, x, gamma, beta, y, mean, rstd); break;
+      default: Run<Activation::kNone>(ctx, g, x, gamma, beta, y, mean, rstd);
+    }
+  }
+
+ private:
+  template <Activation A>
+  void Run(OpKernelContext* ctx, const Geometry& g, const Tensor& x_t, const Tensor& gamma_t,
+           const Tensor& beta_t, Tensor* y_t, Tensor* mean_t, Tensor* rstd_t) {
+    const T* x = x_t.flat<T>().data();
+    const float* gamma = gamma_t.flat<float>().data();
+    const float* beta = beta_t.flat<float>().data();
+    T* y = y_t->flat<T>().data();
+    float* mean_out = mean_t->flat<float>().data();
+    float* rstd_out = rstd_t->flat<float>().data();
+    auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+    const Blocking blocking(g, pool->NumThreads());
+    const double epsilon = epsilon_;
+
+    auto unit = [&](int64_t begin, int64_t end) {
+      std::vector<double> sum1, sum2, channel_mean;
+      std::vector<float> shift, center, scale;
+      for (int64_t u = begin; u < end; ++u) {
+        const int64_t sample = u / blocking.units_per_sample;
+        const int64_t g0 = (u % blocking.units_per_sample) * blocking.groups_per_unit;
+        const int64_t g1 = std::min(g.groups, g0 + blocking.groups_per_unit);
+        const int64_t c0 = g0 * g.group_size, width = (g1 - g0) * g.group_size;
+        const double count = static_cast<double>(g.GroupElements());
+        for (auto* v : {&sum1, &sum2, &channel_mean}) v->resize(width);
+        for (auto* v : {&shift, &center, &scale}) v->resize(width);
+
+        // Pass 1: statistics. Per channel c (n = S positions):
+        //   mean_c = shift_c + sum1_c / n,  M2_c = sum2_c - sum1_c^2 / n;
+        // per group (Chan et al.'s pairwise combination):
+        //   mean = avg(mean_c),  M2 = sum(M2_c + n * (mean_c - mean)^2).
+        ChannelMoments(g, x, sample, c0, width, shift.data(), sum1.data(), sum2.data());
+        const double n = static_cast<double>(g.s);
+        for (int64_t gi = g0; gi < g1; ++gi) {
+          const int64_t k0 = (gi - g0) * g.group_size, k1 = k0 + g.group_size;
+          double mean = 0.0;
+          for (int64_t k = k0; k < k1; ++k) {
+            channel_mean[k] = shift[k] + sum1[k] / n;
+            mean += channel_mean[k];
+          }
+          mean /= g.group_size;
+          double m2 = 0.0;
+          for (int64_t k = k0; k < k1; ++k) {
+            const double d = channel_mean[k] - mean;
+            m2 += std::max(0.0, sum2[k] - sum1[k] * sum1[k] / n) + n * d * d;
+          }
+          const float r = static_cast<float>(1.0 / std::sqrt(m2 / count + epsilon));
+          mean_out[sample * g.groups + gi] = static_cast<float>(mean);
+          rstd_out[sample * g.groups + gi] = r;
+          for (int64_t k = k0; k < k1; ++k) {
+            center[k] = static_cast<float>(mean);
+            scale[k] = r * gamma[c0 + k];
+          }
+        }
+        const float* c_ptr = center.data();
+        // Pass 3: y = act((x - mean) * rstd * gamma + beta) (from cache).
+        const float* s_ptr = scale.data();
+        const float* b_ptr = beta + c0;
+        ChannelMap(g, x, y, sample, c0, width, [c_ptr, s_ptr, b_ptr](int64_t k, float v) {
+          return Activate<A>((v - c_ptr[k]) * s_ptr[k] + b_ptr[k]);
+        });
+      }
+    };
+    const int64_t units = g.n * blocking.units_per_sample;
+    const int64_t cost = 10 * g.GroupElements() * blocking.groups_per_unit;
+    pool->ParallelFor(units, cost, unit);
+  }
+
+  int64_t groups_;
+  float epsilon_;
+  bool channels_last_;
+  Activation activation_;
+};
+
+template <typename T>
+class GroupNormGradOp : public OpKernel {
+ public:
+  explicit GroupNormGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("groups", &groups_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("channels_last", &channels_last_));
+    std::string activation;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("activation", &activation));
+    activation_ = ParseActivation(activation);
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& dy = ctx->input(0);
+    const Tensor& x = ctx->input(1);
+    const Tensor& gamma = ctx->input(2);
+    const Tensor& beta = ctx->input(3);
+    const Tensor& mean = ctx->input(4);
+    const Tensor& rstd = ctx->input(5);
+    Geometry g;
+    if (!MakeGeometry(ctx, x, gamma, beta, groups_, channels_last_, &g)) return;
+    OP_REQUIRES(ctx, dy.shape() == x.shape(),
+                InvalidArgument("KerasGnGroupNormGrad: dy has shape ", dy.shape().DebugString(),
+                                " but x has shape ", x.shape().DebugString()));
+    const TensorShape stats_shape({g.n, g.groups});
+    OP_REQUIRES(ctx, mean.shape() == stats_shape && rstd.shape() == stats_shape,
+                InvalidArgument("KerasGnGroupNormGrad: mean and rstd must have shape ",
+                                stats_shape.DebugString(), ", received ",
+                                mean.shape().DebugString(), " and ", rstd.shape().DebugString()));
+
+    Tensor *dx, *dgamma, *dbeta;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &dx));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, gamma.shape(), &dgamma));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, beta.shape(), &dbeta));
+    dgamma->flat<float>().setZero();
+    dbeta->flat<float>().setZero();
+    if (x.NumElements() == 0) return;
+    switch (activation_) {
+      case Activation::kRelu: Run<Activation::kRelu>(ctx, g, dy, x, gamma, beta, mean, rstd, dx, dgamma, dbeta); break;
+      case Activation::kSilu: Run<Activation::kSilu>(ctx, g, dy, x, gamma, beta, mean, rstd, dx, dgamma, dbeta); break;
+      default: Run<Activation::kNone>(ctx, g, dy, x, gamma, beta, mean, rstd, dx, dgamma, dbeta);
+    }
+  }
+
+ private:
+  template <Activation A>
+  void Run(OpKernelContext* ctx, const Geometry& g, const Tensor& dy_t, const Tensor& x_t,
+           const Tensor& gamma_t, const Tensor& beta_t, const Tensor& mean_t,
+           const Tensor& rstd_t, Tensor* dx_t, Tensor* dgamma_t, Tensor* dbeta_t) {
+    const T* dy = dy_t.flat<T>().data();
+    const T* x = x_t.flat<T>().data();
+    const float* gamma = gamma_t.flat<float>().data();
+    const float* beta = beta_t.flat<float>().data();
+    const float* mean = mean_t.flat<float>().data();
+    const float* rstd = rstd_t.flat<float>().data();
+    T* dx = dx_t->flat<T>().data();
+    // Per-sample partial sums of dbeta and dgamma, reduced in sample order.
+    std::vector<double> partial_dbeta(g.n * g.c), partial_dgamma(g.n * g.c);
+    auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+    const Blocking blocking(g, pool->NumThreads());
+
+    auto unit = [&](int64_t begin, int64_t end) {
+      std::vector<float> center, inv, gam, bet, coef_dz, coef_x, coef_0;
+      for (int64_t u = begin; u < end; ++u) {
+        const int64_t sample = u / blocking.units_per_sample;
+        const int64_t g0 = (u % blocking.units_per_sample) * blocking.groups_per_unit;
+        const int64_t g1 = std::min(g.groups, g0 + blocking.groups_per_unit);
+        const int64_t c0 = g0 * g.group_size, width = (g1 - g0) * g.group_size;
+        const double count = static_cast<double>(g.GroupElements());
+        for (auto* v : {&center, &inv, &gam, &bet, &coef_dz, &coef_x, &coef_0}) v->resize(width);
+        for (int64_t k = 0; k < width; ++k) {
+          const int64_t gi = g0 + k / g.group_size;
+          center[k] = mean[sample * g.groups + gi];
+          inv[k] = rstd[sample * g.groups + gi];
+          gam[k] = gamma[c0 + k];
+          bet[k] = beta[c0 + k];
+        }
+        const float *m = center.data(), *r = inv.data(), *ga = gam.data(), *be = bet.data();
+        double* sum_dz = partial_dbeta.data() + sample * g.c + c0;
+        double* sum_dz_xhat = partial_dgamma.data() + sample * g.c + c0;
+
+        // Pass 1: per channel, sum of dz and of dz * xhat, where z is the
+        // normalized output before the activation and dz = dy * act'(z).
+        ChannelSums2(g, x, dy, sample, c0, width, sum_dz, sum_dz_xhat,
+                     [m, r, ga, be](int64_t k, float xv, float dyv, float* a, float* b) {
+                       const float xhat = (xv - m[k]) * r[k];
+                       const float dz = dyv * ActivationGrad<A>(xhat * ga[k] + be[k]);
+                       *a = dz;
+                       *b = dz * xhat;
+                     });
+        // dx = rstd * (gamma * dz - mean_g(gamma * dz) - xhat * mean_g(gamma * dz * xhat))
+        for (int64_t gi = g0; gi < g1; ++gi) {
+          double mean_gdz = 0.0, mean_gdz_xhat = 0.0;
+          const int64_t k0 = (gi - g0) * g.group_size, k1 = k0 + g.group_size;
+          for (int64_t k = k0; k < k1; ++k) {
+            mean_gdz += gam[k] * sum_dz[k];
+            mean_gdz_xhat += gam[k] * sum_dz_xhat[k];
+          }
+          mean_gdz /= count;
+          mean_gdz_xhat /= count;
+          const float rg = rstd[sample * g.groups + gi];
+          for (int64_t k = k0; k < k1; ++k) {
+            coef_dz[k] = rg * gam[k];
+            coef_x[k] = static_cast<float>(rg * mean_gdz_xhat);
+            coef_0[k] = static_cast<float>(rg * mean_gdz);
+          }
+        }
+        // Pass 2: dx (from cache).
+        const float *cdz = coef_dz.data(), *cx = coef_x.data(), *c0p = coef_0.data();
+        ChannelMap2(g, x, dy, dx, sample, c0, width,
+                    [m, r, ga, be, cdz, cx, c0p](int64_t k, float xv, float dyv) {
+                      const float xhat = (xv - m[k]) * r[k];
+                      const float dz = dyv * ActivationGrad<A>(xhat * ga[k] + be[k]);
+                      return cdz[k] * dz - cx[k] * xhat - c0p[k];
+                    });
+      }
+    };
+    const int64_t units = g.n * blocking.units_per_sample;
+    const int64_t cost = 16 * g.GroupElements() * blocking.groups_per_unit;
+    pool->ParallelFor(units, cost, unit);
+
+    float* dgamma = dgamma_t->flat<float>().data();
+    float* dbeta = dbeta_t->flat<float>().data();
+    for (int64_t c = 0; c < g.c; ++c) {
+      double sg = 0.0, sb = 0.0;
+      for (int64_t n = 0; n < g.n; ++n) {
+        sg += partial_dgamma[n * g.c + c];
+        sb += partial_dbeta[n * g.c + c];
+      }
+      dgamma[c] = static_cast<float>(sg);
+      dbeta[c] = static_cast<float>(sb);
+    }
+  }
+
+  int64_t groups_;
+  bool channels_last_;
+  Activation activation_;
+};
+
+}  // namespace
+
+REGISTER_OP("KerasGnGroupNorm")
+    .Input("x: T")
+    .Input("gamma: float")
+    .Input("beta: float")
+    .Output("y: T")
+    .Output("mean: float")
+    .Output("rstd: float")
+    .Attr("T: {float, half, bfloat16}")
+    .Attr("groups: int >= 1")
+    .Attr("epsilon: float")
+    .Attr("channels_last: bool = true")
+    .Attr("activation: {'none', 'relu', 'silu'} = 'none'")
+    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
+      c->set_output(0, c->input(0));
+      ::tensorflow::int64 groups;
+      TF_RETURN_IF_ERROR(c->GetAttr("groups", &groups));
+      auto batch = c->UnknownDim();
+      if (c->RankKnown(c->input(0))) batch = c->Dim(c->input(0), 0);
+      auto stats = c->MakeShape({batch, c->MakeDim(groups)});
+      c->set_output(1, stats);
+      c->set_output(2, stats);
+      return ::tensorflow::OkStatus();
+    })
+    .Doc("Fused Group Normalization (keras_gn): y = act(GN(x) * gamma + beta).");
+
+REGISTER_OP("KerasGnGroupNormGrad")
+    .Input("dy: T")
+    .Input("x: T")
+    .Input("gamma: float")
+    .Input("beta: float")
+    .Input("mean: float")
+    .Input("rstd: float")
+    .Output("dx: T")
+    .Output("dgamma: float")
+    .Output("dbeta: float")
+    .Attr("T: {float, half, bfloat16}")
+    .Attr("groups: int >= 1")
+    .Attr("channels_last: bool = true")
+    .Attr("activation: {'none', 'relu', 'silu'} = 'none'")
+    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
+      c->set_output(0, c->input(1));
+      c->set_output(1, c->input(2));
+      c->set_output(2, c->input(3));
+      return ::tensorflow::OkStatus();
+    })
+    .Doc("Gradient of KerasGnGroupNorm with respect to x, gamma and beta.");
+
+#define REGISTER_KERNELS(T)                                                        \
+  REGISTER_KERNEL_BUILDER(                                                         \
+      Name("KerasGnGroupNorm").Device(DEVICE_CPU).TypeConstraint<T>("T"),          \
+      GroupNormOp<T>);                                                             \
+  REGISTER_KERNEL_BUILDER(                                                         \
+      Name("KerasGnGroupNormGrad").Device(DEVICE_CPU).TypeConstraint<T>("T"),      \
+      GroupNormGradOp<T>);
+
+REGISTER_KERNELS(float);
+REGISTER_KERNELS(Eigen::half);
+REGISTER_KERNELS(Eigen::bfloat16);
+
+}  // namespace keras_gn
