@@ -118,6 +118,31 @@ struct Blocking {
   }
 };
 
+// One unit of work: groups [g0, g1) = channels [c0, c0 + width) of a sample.
+struct Unit {
+  int64_t sample, g0, g1, c0, width;
+};
+
+// Runs fn(unit) for every unit on the intra-op thread pool;
+// `cost_per_element` is a rough count of operations per input element.
+template <typename F>
+void ForEachUnit(OpKernelContext* ctx, const Geometry& g, int64_t cost_per_element, F fn) {
+  auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+  const Blocking blocking(g, pool->NumThreads());
+  const int64_t cost = cost_per_element * g.GroupElements() * blocking.groups_per_unit;
+  pool->ParallelFor(g.n * blocking.units_per_sample, cost, [&](int64_t begin, int64_t end) {
+    for (int64_t u = begin; u < end; ++u) {
+      Unit unit;
+      unit.sample = u / blocking.units_per_sample;
+      unit.g0 = (u % blocking.units_per_sample) * blocking.groups_per_unit;
+      unit.g1 = std::min(g.groups, unit.g0 + blocking.groups_per_unit);
+      unit.c0 = unit.g0 * g.group_size;
+      unit.width = (unit.g1 - unit.g0) * g.group_size;
+      fn(unit);
+    }
+  });
+}
+
 // Per-channel shifted sums over the positions of one sample, for channels
 // [c0, c0 + width): sum1 = sum(x - shift), sum2 = sum((x - shift)^2), with
 // shift = the channel's value at position 0. Shifting by a value of the data
@@ -351,61 +376,50 @@ class GroupNormOp : public OpKernel {
     T* y = y_t->flat<T>().data();
     float* mean_out = mean_t->flat<float>().data();
     float* rstd_out = rstd_t->flat<float>().data();
-    auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-    const Blocking blocking(g, pool->NumThreads());
     const double epsilon = epsilon_;
 
-    auto unit = [&](int64_t begin, int64_t end) {
-      std::vector<double> sum1, sum2, channel_mean;
-      std::vector<float> shift, center, scale;
-      for (int64_t u = begin; u < end; ++u) {
-        const int64_t sample = u / blocking.units_per_sample;
-        const int64_t g0 = (u % blocking.units_per_sample) * blocking.groups_per_unit;
-        const int64_t g1 = std::min(g.groups, g0 + blocking.groups_per_unit);
-        const int64_t c0 = g0 * g.group_size, width = (g1 - g0) * g.group_size;
-        const double count = static_cast<double>(g.GroupElements());
-        for (auto* v : {&sum1, &sum2, &channel_mean}) v->resize(width);
-        for (auto* v : {&shift, &center, &scale}) v->resize(width);
+    ForEachUnit(ctx, g, 10, [&](const Unit& unit) {
+      const int64_t sample = unit.sample, g0 = unit.g0, g1 = unit.g1;
+      const int64_t c0 = unit.c0, width = unit.width;
+      const double count = static_cast<double>(g.GroupElements());
+      std::vector<double> sum1(width), sum2(width), channel_mean(width);
+      std::vector<float> shift(width), center(width), scale(width);
 
-        // Pass 1: statistics. Per channel c (n = S positions):
-        //   mean_c = shift_c + sum1_c / n,  M2_c = sum2_c - sum1_c^2 / n;
-        // per group (Chan et al.'s pairwise combination):
-        //   mean = avg(mean_c),  M2 = sum(M2_c + n * (mean_c - mean)^2).
-        ChannelMoments(g, x, sample, c0, width, shift.data(), sum1.data(), sum2.data());
-        const double n = static_cast<double>(g.s);
-        for (int64_t gi = g0; gi < g1; ++gi) {
-          const int64_t k0 = (gi - g0) * g.group_size, k1 = k0 + g.group_size;
-          double mean = 0.0;
-          for (int64_t k = k0; k < k1; ++k) {
-            channel_mean[k] = shift[k] + sum1[k] / n;
-            mean += channel_mean[k];
-          }
-          mean /= g.group_size;
-          double m2 = 0.0;
-          for (int64_t k = k0; k < k1; ++k) {
-            const double d = channel_mean[k] - mean;
-            m2 += std::max(0.0, sum2[k] - sum1[k] * sum1[k] / n) + n * d * d;
-          }
-          const float r = static_cast<float>(1.0 / std::sqrt(m2 / count + epsilon));
-          mean_out[sample * g.groups + gi] = static_cast<float>(mean);
-          rstd_out[sample * g.groups + gi] = r;
-          for (int64_t k = k0; k < k1; ++k) {
-            center[k] = static_cast<float>(mean);
-            scale[k] = r * gamma[c0 + k];
-          }
+      // Pass 1: statistics. Per channel c (n = S positions):
+      //   mean_c = shift_c + sum1_c / n,  M2_c = sum2_c - sum1_c^2 / n;
+      // per group (Chan et al.'s pairwise combination):
+      //   mean = avg(mean_c),  M2 = sum(M2_c + n * (mean_c - mean)^2).
+      ChannelMoments(g, x, sample, c0, width, shift.data(), sum1.data(), sum2.data());
+      const double n = static_cast<double>(g.s);
+      for (int64_t gi = g0; gi < g1; ++gi) {
+        const int64_t k0 = (gi - g0) * g.group_size, k1 = k0 + g.group_size;
+        double mean = 0.0;
+        for (int64_t k = k0; k < k1; ++k) {
+          channel_mean[k] = shift[k] + sum1[k] / n;
+          mean += channel_mean[k];
         }
-        const float* c_ptr = center.data();
-        // Pass 3: y = act((x - mean) * rstd * gamma + beta) (from cache).
-        const float* s_ptr = scale.data();
-        const float* b_ptr = beta + c0;
-        ChannelMap(g, x, y, sample, c0, width, [c_ptr, s_ptr, b_ptr](int64_t k, float v) {
-          return Activate<A>((v - c_ptr[k]) * s_ptr[k] + b_ptr[k]);
-        });
+        mean /= g.group_size;
+        double m2 = 0.0;
+        for (int64_t k = k0; k < k1; ++k) {
+          const double d = channel_mean[k] - mean;
+          m2 += std::max(0.0, sum2[k] - sum1[k] * sum1[k] / n) + n * d * d;
+        }
+        const float r = static_cast<float>(1.0 / std::sqrt(m2 / count + epsilon));
+        mean_out[sample * g.groups + gi] = static_cast<float>(mean);
+        rstd_out[sample * g.groups + gi] = r;
+        for (int64_t k = k0; k < k1; ++k) {
+          center[k] = static_cast<float>(mean);
+          scale[k] = r * gamma[c0 + k];
+        }
       }
-    };
-    const int64_t units = g.n * blocking.units_per_sample;
-    const int64_t cost = 10 * g.GroupElements() * blocking.groups_per_unit;
-    pool->ParallelFor(units, cost, unit);
+      const float* c_ptr = center.data();
+      // Pass 3: y = act((x - mean) * rstd * gamma + beta) (from cache).
+      const float* s_ptr = scale.data();
+      const float* b_ptr = beta + c0;
+      ChannelMap(g, x, y, sample, c0, width, [c_ptr, s_ptr, b_ptr](int64_t k, float v) {
+        return Activate<A>((v - c_ptr[k]) * s_ptr[k] + b_ptr[k]);
+      });
+    });
   }
 
   int64_t groups_;
@@ -471,68 +485,59 @@ class GroupNormGradOp : public OpKernel {
     T* dx = dx_t->flat<T>().data();
     // Per-sample partial sums of dbeta and dgamma, reduced in sample order.
     std::vector<double> partial_dbeta(g.n * g.c), partial_dgamma(g.n * g.c);
-    auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-    const Blocking blocking(g, pool->NumThreads());
 
-    auto unit = [&](int64_t begin, int64_t end) {
-      std::vector<float> center, inv, gam, bet, coef_dz, coef_x, coef_0;
-      for (int64_t u = begin; u < end; ++u) {
-        const int64_t sample = u / blocking.units_per_sample;
-        const int64_t g0 = (u % blocking.units_per_sample) * blocking.groups_per_unit;
-        const int64_t g1 = std::min(g.groups, g0 + blocking.groups_per_unit);
-        const int64_t c0 = g0 * g.group_size, width = (g1 - g0) * g.group_size;
-        const double count = static_cast<double>(g.GroupElements());
-        for (auto* v : {&center, &inv, &gam, &bet, &coef_dz, &coef_x, &coef_0}) v->resize(width);
-        for (int64_t k = 0; k < width; ++k) {
-          const int64_t gi = g0 + k / g.group_size;
-          center[k] = mean[sample * g.groups + gi];
-          inv[k] = rstd[sample * g.groups + gi];
-          gam[k] = gamma[c0 + k];
-          bet[k] = beta[c0 + k];
-        }
-        const float *m = center.data(), *r = inv.data(), *ga = gam.data(), *be = bet.data();
-        double* sum_dz = partial_dbeta.data() + sample * g.c + c0;
-        double* sum_dz_xhat = partial_dgamma.data() + sample * g.c + c0;
-
-        // Pass 1: per channel, sum of dz and of dz * xhat, where z is the
-        // normalized output before the activation and dz = dy * act'(z).
-        ChannelSums2(g, x, dy, sample, c0, width, sum_dz, sum_dz_xhat,
-                     [m, r, ga, be](int64_t k, float xv, float dyv, float* a, float* b) {
-                       const float xhat = (xv - m[k]) * r[k];
-                       const float dz = dyv * ActivationGrad<A>(xhat * ga[k] + be[k]);
-                       *a = dz;
-                       *b = dz * xhat;
-                     });
-        // dx = rstd * (gamma * dz - mean_g(gamma * dz) - xhat * mean_g(gamma * dz * xhat))
-        for (int64_t gi = g0; gi < g1; ++gi) {
-          double mean_gdz = 0.0, mean_gdz_xhat = 0.0;
-          const int64_t k0 = (gi - g0) * g.group_size, k1 = k0 + g.group_size;
-          for (int64_t k = k0; k < k1; ++k) {
-            mean_gdz += gam[k] * sum_dz[k];
-            mean_gdz_xhat += gam[k] * sum_dz_xhat[k];
-          }
-          mean_gdz /= count;
-          mean_gdz_xhat /= count;
-          const float rg = rstd[sample * g.groups + gi];
-          for (int64_t k = k0; k < k1; ++k) {
-            coef_dz[k] = rg * gam[k];
-            coef_x[k] = static_cast<float>(rg * mean_gdz_xhat);
-            coef_0[k] = static_cast<float>(rg * mean_gdz);
-          }
-        }
-        // Pass 2: dx (from cache).
-        const float *cdz = coef_dz.data(), *cx = coef_x.data(), *c0p = coef_0.data();
-        ChannelMap2(g, x, dy, dx, sample, c0, width,
-                    [m, r, ga, be, cdz, cx, c0p](int64_t k, float xv, float dyv) {
-                      const float xhat = (xv - m[k]) * r[k];
-                      const float dz = dyv * ActivationGrad<A>(xhat * ga[k] + be[k]);
-                      return cdz[k] * dz - cx[k] * xhat - c0p[k];
-                    });
+    ForEachUnit(ctx, g, 16, [&](const Unit& unit) {
+      const int64_t sample = unit.sample, g0 = unit.g0, g1 = unit.g1;
+      const int64_t c0 = unit.c0, width = unit.width;
+      const double count = static_cast<double>(g.GroupElements());
+      std::vector<float> center(width), inv(width), gam(width), bet(width);
+      std::vector<float> coef_dz(width), coef_x(width), coef_0(width);
+      for (int64_t k = 0; k < width; ++k) {
+        const int64_t gi = g0 + k / g.group_size;
+        center[k] = mean[sample * g.groups + gi];
+        inv[k] = rstd[sample * g.groups + gi];
+        gam[k] = gamma[c0 + k];
+        bet[k] = beta[c0 + k];
       }
-    };
-    const int64_t units = g.n * blocking.units_per_sample;
-    const int64_t cost = 16 * g.GroupElements() * blocking.groups_per_unit;
-    pool->ParallelFor(units, cost, unit);
+      const float *m = center.data(), *r = inv.data(), *ga = gam.data(), *be = bet.data();
+      double* sum_dz = partial_dbeta.data() + sample * g.c + c0;
+      double* sum_dz_xhat = partial_dgamma.data() + sample * g.c + c0;
+
+      // Pass 1: per channel, sum of dz and of dz * xhat, where z is the
+      // normalized output before the activation and dz = dy * act'(z).
+      ChannelSums2(g, x, dy, sample, c0, width, sum_dz, sum_dz_xhat,
+                   [m, r, ga, be](int64_t k, float xv, float dyv, float* a, float* b) {
+                     const float xhat = (xv - m[k]) * r[k];
+                     const float dz = dyv * ActivationGrad<A>(xhat * ga[k] + be[k]);
+                     *a = dz;
+                     *b = dz * xhat;
+                   });
+      // dx = rstd * (gamma * dz - mean_g(gamma * dz) - xhat * mean_g(gamma * dz * xhat))
+      for (int64_t gi = g0; gi < g1; ++gi) {
+        double mean_gdz = 0.0, mean_gdz_xhat = 0.0;
+        const int64_t k0 = (gi - g0) * g.group_size, k1 = k0 + g.group_size;
+        for (int64_t k = k0; k < k1; ++k) {
+          mean_gdz += gam[k] * sum_dz[k];
+          mean_gdz_xhat += gam[k] * sum_dz_xhat[k];
+        }
+        mean_gdz /= count;
+        mean_gdz_xhat /= count;
+        const float rg = rstd[sample * g.groups + gi];
+        for (int64_t k = k0; k < k1; ++k) {
+          coef_dz[k] = rg * gam[k];
+          coef_x[k] = static_cast<float>(rg * mean_gdz_xhat);
+          coef_0[k] = static_cast<float>(rg * mean_gdz);
+        }
+      }
+      // Pass 2: dx (from cache).
+      const float *cdz = coef_dz.data(), *cx = coef_x.data(), *c0p = coef_0.data();
+      ChannelMap2(g, x, dy, dx, sample, c0, width,
+                  [m, r, ga, be, cdz, cx, c0p](int64_t k, float xv, float dyv) {
+                    const float xhat = (xv - m[k]) * r[k];
+                    const float dz = dyv * ActivationGrad<A>(xhat * ga[k] + be[k]);
+                    return cdz[k] * dz - cx[k] * xhat - c0p[k];
+                  });
+    });
 
     float* dgamma = dgamma_t->flat<float>().data();
     float* dbeta = dbeta_t->flat<float>().data();
