@@ -1,5 +1,50 @@
-"""zoo: Group Normalization model builders and pretrained weights.
+"""zoo: Group Normalization models for Keras, and their pretrained weights.
 
-Empty for now: the GN ResNet / VGG builders, the weights registry and the
-converters of the authors' released weights come with the model-zoo work.
+Builders (keras.applications signatures, `norm="gn" | "bn"`):
+    resnet18_gn, resnet34_gn, resnet50_gn, resnet101_gn, resnet152_gn,
+    vgg16_gn; CIFAR (32x32): resnet20_gn, resnet32_gn, resnet56_gn,
+    resnet110_gn, vgg16_cifar_gn.
+Weights: list_models(), list_weights(arch=None), get_weights_info(tag),
+    preprocess_input(x, weights).
+Converters of the authors' weights: `zoo.convert` (`python -m zoo.convert`).
 """
+
+from zoo.preprocessing import preprocess_input
+from zoo.resnet import ResNet
+from zoo.resnet import resnet18_gn
+from zoo.resnet import resnet20_gn
+from zoo.resnet import resnet32_gn
+from zoo.resnet import resnet34_gn
+from zoo.resnet import resnet50_gn
+from zoo.resnet import resnet56_gn
+from zoo.resnet import resnet101_gn
+from zoo.resnet import resnet110_gn
+from zoo.resnet import resnet152_gn
+from zoo.vgg import VGG
+from zoo.vgg import vgg16_cifar_gn
+from zoo.vgg import vgg16_gn
+from zoo.weights import get_entry as get_weights_info
+from zoo.weights import list_weights
+
+_MODELS = {
+    builder.__name__: builder
+    for builder in (resnet18_gn, resnet34_gn, resnet50_gn, resnet101_gn, resnet152_gn, vgg16_gn,
+                    resnet20_gn, resnet32_gn, resnet56_gn, resnet110_gn, vgg16_cifar_gn)
+}
+
+
+def list_models():
+    """Names of every zoo builder, sorted."""
+    return sorted(_MODELS)
+
+
+def get_model(name):
+    """The builder called `name` (see `list_models()`)."""
+    try:
+        return _MODELS[name]
+    except KeyError:
+        raise ValueError(f"Unknown model {name!r}. Zoo models: {list_models()}.") from None
+
+
+__all__ = ["ResNet", "VGG", "get_model", "get_weights_info", "list_models", "list_weights",
+           "preprocess_input", *_MODELS]

@@ -1,0 +1,31 @@
+"""`python -m zoo.convert`: convert public GN ImageNet weights to Keras.
+
+    python -m zoo.convert --source detectron --input R-50-GN.pkl \\
+        --arch resnet50_gn --output resnet50_gn.weights.h5
+
+Load the result with `zoo.resnet50_gn(weights="resnet50_gn.weights.h5")`.
+"""
+
+from absl import app
+from absl import flags
+
+from zoo import convert
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("source", None, list(convert.SOURCES), "Format of the input file.")
+flags.DEFINE_string("input", None, "The downloaded weights file.")
+flags.DEFINE_string("arch", "resnet50_gn", "Zoo architecture, e.g. resnet50_gn or resnet101_gn.")
+flags.DEFINE_string("output", None, "Where to write the .weights.h5 file.")
+flags.mark_flags_as_required(["source", "input", "output"])
+
+
+def main(argv):
+    del argv
+    if not FLAGS.output.endswith(".weights.h5"):
+        raise app.UsageError(f"--output={FLAGS.output} must end in .weights.h5")
+    convert.convert_file(FLAGS.source, FLAGS.input, FLAGS.arch, FLAGS.output)
+    print(f"Converted {FLAGS.source} {FLAGS.input} into {FLAGS.output} ({FLAGS.arch}).")
+
+
+if __name__ == "__main__":
+    app.run(main)

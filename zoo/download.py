@@ -1,0 +1,97 @@
+"""Verified downloads of weight files, with a cache and a mirror.
+
+Files are fetched with `keras.utils.get_file` (progress bar, cache, sha256
+check: a cached file whose hash does not match, e.g. a partial download, is
+fetched again).
+
+Environment:
+    KERAS_GN_WEIGHTS_DIR: cache directory (default `$KERAS_HOME` or
+        `~/.keras`); files go to its `keras_gn_weights/` subdirectory.
+    KERAS_GN_WEIGHTS_MIRROR: a base URL that serves the files under their
+        registered names, used instead of the original URLs (for clusters
+        without internet access: copy the files to an internal server).
+"""
+
+import os
+import pathlib
+
+import keras
+
+CACHE_SUBDIR = "keras_gn_weights"
+
+
+class DownloadError(RuntimeError):
+    """A weight file could not be fetched; the message says what to do."""
+
+
+def cache_dir():
+    """The directory whose `keras_gn_weights/` subdirectory holds the files."""
+    base = os.environ.get("KERAS_GN_WEIGHTS_DIR") or os.environ.get("KERAS_HOME")
+    return pathlib.Path(base or pathlib.Path.home() / ".keras").expanduser()
+
+
+def cached_path(filename):
+    """Where `fetch` keeps (and looks for) `filename`."""
+    return cache_dir() / CACHE_SUBDIR / filename
+
+
+def origin(url, filename):
+    """The URL to fetch from: the mirror's, if one is set."""
+    mirror = os.environ.get("KERAS_GN_WEIGHTS_MIRROR")
+    if mirror:
+        return f"{mirror.rstrip('/')}/{filename}"
+    return url
+
+
+def fetch(url, filename, sha256=None, validate=None):
+    """Returns the local path of `filename`, downloading it if needed.
+
+    Args:
+        url: where the file is published.
+        filename: name of the file in the cache (and on a mirror).
+        sha256: expected sha256 hex digest, or None where none is known.
+        validate: optional `fn(path)` that raises if the file is unusable;
+            where no sha256 is known it is the only check, and a cached file
+            that fails it (e.g. truncated) is deleted and fetched again.
+
+    Raises:
+        DownloadError: when the file cannot be fetched or fails its checks,
+            saying where to place it by hand.
+    """
+    source = origin(url, filename)
+    target = cached_path(filename)
+    for attempt in range(2):
+        try:
+            path = keras.utils.get_file(
+                fname=filename,
+                origin=source,
+                file_hash=sha256,
+                hash_algorithm="sha256",
+                cache_dir=str(cache_dir()),
+                cache_subdir=CACHE_SUBDIR,
+                force_download=attempt > 0,
+            )
+        except Exception as error:  # get_file raises bare Exceptions for URL errors
+            if target.exists() and sha256 is not None:
+                target.unlink()  # a download whose hash did not match
+            raise DownloadError(_instructions(filename, source, sha256, error)) from error
+        if validate is None:
+            return pathlib.Path(path)
+        try:
+            validate(path)
+            return pathlib.Path(path)
+        except Exception as error:
+            pathlib.Path(path).unlink(missing_ok=True)
+            if attempt:
+                raise DownloadError(_instructions(filename, source, sha256, error)) from error
+
+
+def _instructions(filename, source, sha256, error):
+    checksum = f" (sha256 {sha256})" if sha256 else ""
+    return (
+        f"Could not get the weight file {filename} from {source}: {error}. "
+        f"Download it by hand{checksum} and place it at {cached_path(filename)}, "
+        "or set KERAS_GN_WEIGHTS_MIRROR to a base URL that serves it, or "
+        "KERAS_GN_WEIGHTS_DIR to the directory whose keras_gn_weights/ "
+        "subdirectory holds it."
+    )

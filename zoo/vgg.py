@@ -1,0 +1,136 @@
+"""VGG-16 with a normalization after every convolution (the paper's VGG study).
+
+One builder (`VGG`) and two variants that only pick its arguments:
+`vgg16_gn` (ImageNet: 224x224 input, the two 4096-unit fully connected
+layers) and `vgg16_cifar_gn` (32x32 input, a single classifier on the
+flattened 1x1x512 features). Layer names: `block{b}_conv{i}`,
+`block{b}_conv{i}_norm`, `block{b}_pool`, `fc1`, `fc2`, `predictions`.
+"""
+
+import keras
+
+from zoo import common
+from zoo import weights as weights_lib
+from zoo.norms import check_norm
+from zoo.norms import norm_layer
+
+VGG16_STAGES = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
+
+
+def VGG(
+    stages=VGG16_STAGES,
+    fc_units=(4096, 4096),
+    include_top=True,
+    weights=None,
+    input_tensor=None,
+    input_shape=None,
+    pooling=None,
+    classes=1000,
+    classifier_activation="softmax",
+    norm="gn",
+    groups=32,
+    group_size=None,
+    epsilon=1e-5,
+    dropout=0.5,
+    default_input_shape=(224, 224, 3),
+    name="vgg",
+):
+    """The configurable VGG: `stages` of (filters, convs), each ending in a
+    2x2 max pool; with `include_top`, Flatten + `fc_units` dense layers
+    (ReLU, dropout) + the classifier. Other arguments as in `vgg16_gn`."""
+    check_norm(norm)
+    if not include_top and input_shape is None and input_tensor is None:
+        default_input_shape = (None, None, 3)
+    inputs, x = common.model_inputs(input_tensor, input_shape, default_input_shape)
+    axis = common.channel_axis()
+    for b, (filters, convs) in enumerate(stages, start=1):
+        for i in range(1, convs + 1):
+            x = common.padded_conv(x, filters, 3, name=f"block{b}_conv{i}")
+            x = norm_layer(norm, filters, groups=groups, group_size=group_size, epsilon=epsilon,
+                           axis=axis, name=f"block{b}_conv{i}_norm")(x)
+            x = keras.layers.ReLU(name=f"block{b}_conv{i}_relu")(x)
+        x = keras.layers.MaxPooling2D(2, 2, name=f"block{b}_pool")(x)
+
+    if include_top:
+        x = keras.layers.Flatten(name="flatten")(x)
+        for i, units in enumerate(fc_units, start=1):
+            x = keras.layers.Dense(units, activation="relu", name=f"fc{i}")(x)
+            x = keras.layers.Dropout(dropout, name=f"fc{i}_dropout")(x)
+        x = keras.layers.Dense(classes, activation=classifier_activation, name="predictions")(x)
+    else:
+        x = common.head(x, False, pooling, classes, classifier_activation)
+    model = keras.Model(inputs, x, name=name)
+    weights_lib.load_model_weights(model, name, weights, include_top)
+    return model
+
+
+def vgg16_gn(
+    include_top=True,
+    weights=None,
+    input_tensor=None,
+    input_shape=None,
+    pooling=None,
+    classes=1000,
+    classifier_activation="softmax",
+    norm="gn",
+    groups=32,
+    group_size=None,
+    name="vgg16_gn",
+):
+    """Instantiates VGG-16 with Group Normalization after every convolution.
+
+    Args:
+        include_top: whether to include the three fully connected layers.
+            Defaults to `True`.
+        weights: `None`, a weights tag of `zoo.list_weights("vgg16_gn")`, or
+            the path of a `.weights.h5` file. Defaults to `None`.
+        input_tensor: optional Keras tensor to use as the model input.
+        input_shape: optional input shape; `(224, 224, 3)` with the top.
+        pooling: with `include_top=False`: `None`, `"avg"` or `"max"`.
+            Defaults to `None`.
+        classes: number of classes. Defaults to `1000`.
+        classifier_activation: activation of the classifier. Defaults to
+            `"softmax"`.
+        norm: `"gn"` or `"bn"`. Defaults to `"gn"`.
+        groups: GN groups. Defaults to `32`.
+        group_size: GN channels per group instead of `groups`.
+        name: model name. Defaults to `"vgg16_gn"`.
+
+    Returns:
+        A `keras.Model`.
+
+    Reference:
+        - [Wu & He, Group Normalization, ECCV 2018](https://arxiv.org/abs/1803.08494)
+        - [Simonyan & Zisserman, Very Deep Convolutional Networks, 2015](
+          https://arxiv.org/abs/1409.1556)
+    """
+    return VGG(include_top=include_top, weights=weights, input_tensor=input_tensor,
+               input_shape=input_shape, pooling=pooling, classes=classes,
+               classifier_activation=classifier_activation, norm=norm, groups=groups,
+               group_size=group_size, name=name)
+
+
+def vgg16_cifar_gn(
+    include_top=True,
+    weights=None,
+    input_tensor=None,
+    input_shape=None,
+    pooling=None,
+    classes=10,
+    classifier_activation="softmax",
+    norm="gn",
+    groups=32,
+    group_size=None,
+    name="vgg16_cifar_gn",
+):
+    """Instantiates the CIFAR VGG-16 (32x32 inputs) with Group Normalization.
+
+    The 13 convolutions of VGG-16, each followed by GN and ReLU, then the
+    flattened 1x1x512 features and one classifier (no 4096-unit layers).
+    Arguments as in `vgg16_gn`, with `classes` defaulting to `10` and
+    `input_shape` to `(32, 32, 3)`.
+    """
+    return VGG(fc_units=(), include_top=include_top, weights=weights, input_tensor=input_tensor,
+               input_shape=input_shape, pooling=pooling, classes=classes,
+               classifier_activation=classifier_activation, norm=norm, groups=groups,
+               group_size=group_size, default_input_shape=(32, 32, 3), name=name)
