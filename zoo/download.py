@@ -60,6 +60,9 @@ def fetch(url, filename, sha256=None, validate=None):
     """
     source = origin(url, filename)
     target = cached_path(filename)
+    # get_file falls back to /tmp/.keras for a cache_dir it cannot write to,
+    # e.g. one that does not exist yet.
+    target.parent.mkdir(parents=True, exist_ok=True)
     for attempt in range(2):
         try:
             path = keras.utils.get_file(

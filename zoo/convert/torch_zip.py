@@ -74,6 +74,10 @@ class _Unpickler(pickle.Unpickler):
 
 def load(path):
     """The object saved in a `torch.save` zip file, tensors as NumPy arrays."""
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"{path} is not a torch.save zip archive (the legacy pre-1.6 format is not read)"
+        )
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
         pickles = [n for n in names if n.endswith("/data.pkl")]
