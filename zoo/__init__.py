@@ -9,6 +9,7 @@ Weights: list_models(), list_weights(arch=None), get_weights_info(tag),
 Converters of the authors' weights: `zoo.convert` (`python -m zoo.convert`).
 """
 
+from zoo import finetune
 from zoo.preprocessing import preprocess_input
 from zoo.resnet import ResNet
 from zoo.resnet import resnet18_gn
@@ -46,5 +47,5 @@ def get_model(name):
         raise ValueError(f"Unknown model {name!r}. Zoo models: {list_models()}.") from None
 
 
-__all__ = ["ResNet", "VGG", "get_model", "get_weights_info", "list_models", "list_weights",
+__all__ = ["ResNet", "VGG", "finetune", "get_model", "get_weights_info", "list_models", "list_weights",
            "preprocess_input", *_MODELS]
