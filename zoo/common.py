@@ -53,3 +53,58 @@ def head(x, include_top, pooling, classes, classifier_activation):
     if pooling is not None:
         raise ValueError(f"pooling={pooling!r} is not one of None, 'avg', 'max'.")
     return x
+
+
+def variant(build, arch, doc, classes, **config):
+    """A keras.applications-style builder named `arch` that calls `build`
+    (the family's configurable builder) with `config` fixed: each named
+    variant only picks arguments. Extra keyword arguments go to `build`."""
+
+    def builder(
+        include_top=True,
+        weights=None,
+        input_tensor=None,
+        input_shape=None,
+        pooling=None,
+        classes=classes,
+        classifier_activation="softmax",
+        norm="gn",
+        groups=32,
+        group_size=None,
+        name=arch,
+        **kwargs,
+    ):
+        return build(
+            include_top=include_top, weights=weights, input_tensor=input_tensor,
+            input_shape=input_shape, pooling=pooling, classes=classes,
+            classifier_activation=classifier_activation, norm=norm, groups=groups,
+            group_size=group_size, name=name, **config, **kwargs,
+        )
+
+    builder.__name__ = builder.__qualname__ = arch
+    builder.__doc__ = doc
+    return builder
+
+
+BUILDER_ARGS_DOC = """include_top: whether to include the classifier. Defaults to `True`.
+        weights: `None` (random initialization), a weights tag of
+            `zoo.list_weights("{arch}")`, `"imagenet"` / `"cifar10"` (the
+            default tag for that dataset), or the path of a `.weights.h5`
+            file saved from this builder. Defaults to `None`.
+        input_tensor: optional Keras tensor to use as the model input.
+        input_shape: optional input shape, e.g. `{size}`; channels-last or
+            channels-first like `keras.config.image_data_format()`.
+        pooling: with `include_top=False`: `None` (4-D features), `"avg"` or
+            `"max"` global pooling. Defaults to `None`.
+        classes: number of classes, with `include_top=True`. Defaults to
+            `{classes}`.
+        classifier_activation: activation of the classifier (`None` for
+            logits). Defaults to `"softmax"`.
+        norm: `"gn"` (Group Normalization) or `"bn"` (BatchNormalization),
+            same architecture otherwise. Defaults to `"gn"`.
+        groups: GN groups per layer, as in the paper; where they do not
+            divide a layer's channels, the coarser grouping of
+            `keras_gn.convert.choose_groups`. Defaults to `32`.
+        group_size: GN channels per group instead of `groups`. Defaults to
+            `None`.
+        name: model name. Defaults to `"{arch}"`."""

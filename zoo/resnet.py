@@ -134,62 +134,19 @@ def ResNet(
 
 
 def _variant(arch):
-    """A keras.applications-style builder that only picks `ResNet` arguments."""
     config = dict(ARCHS[arch])
     title, classes, size = config.pop("title"), config.pop("classes"), config.pop("size")
-
-    def builder(
-        include_top=True,
-        weights=None,
-        input_tensor=None,
-        input_shape=None,
-        pooling=None,
-        classes=classes,
-        classifier_activation="softmax",
-        norm="gn",
-        groups=32,
-        group_size=None,
-        zero_init_last=True,
-        name=arch,
-    ):
-        return ResNet(
-            include_top=include_top, weights=weights, input_tensor=input_tensor,
-            input_shape=input_shape, pooling=pooling, classes=classes,
-            classifier_activation=classifier_activation, norm=norm, groups=groups,
-            group_size=group_size, zero_init_last=zero_init_last, name=name, **config,
-        )
-
-    builder.__name__ = builder.__qualname__ = arch
-    builder.__doc__ = _DOC.format(title=title, arch=arch, classes=classes, size=size)
-    return builder
+    args = common.BUILDER_ARGS_DOC.format(arch=arch, size=size, classes=classes)
+    return common.variant(ResNet, arch, _DOC.format(title=title, args=args), classes, **config)
 
 
 _DOC = """Instantiates {title} with Group Normalization.
 
     Args:
-        include_top: whether to include the pooled classifier. Defaults to
-            `True`.
-        weights: `None` (random initialization), a weights tag of
-            `zoo.list_weights("{arch}")`, `"imagenet"` / `"cifar10"` (the
-            default tag for that dataset), or the path of a `.weights.h5`
-            file. Defaults to `None`.
-        input_tensor: optional Keras tensor to use as the model input.
-        input_shape: optional input shape, e.g. `{size}`; channels-last or
-            channels-first like `keras.config.image_data_format()`.
-        pooling: with `include_top=False`: `None` (4-D features), `"avg"` or
-            `"max"` global pooling. Defaults to `None`.
-        classes: number of classes, with `include_top=True`. Defaults to
-            `{classes}`.
-        classifier_activation: activation of the classifier (`None` for
-            logits). Defaults to `"softmax"`.
-        norm: `"gn"` (Group Normalization) or `"bn"` (BatchNormalization),
-            same architecture otherwise. Defaults to `"gn"`.
-        groups: GN groups per layer, as in the paper. Defaults to `32`.
-        group_size: GN channels per group instead of `groups`. Defaults to
-            `None`.
-        zero_init_last: zero-initialize the last gamma of each residual
-            branch. Defaults to `True`.
-        name: model name. Defaults to `"{arch}"`.
+        {args}
+        **kwargs: other `zoo.ResNet` arguments: `zero_init_last` (zero-init
+            the last gamma of each residual branch; defaults to `True`),
+            `epsilon` (defaults to `1e-5`).
 
     Returns:
         A `keras.Model`.

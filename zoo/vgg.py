@@ -64,37 +64,14 @@ def VGG(
     return model
 
 
-def vgg16_gn(
-    include_top=True,
-    weights=None,
-    input_tensor=None,
-    input_shape=None,
-    pooling=None,
-    classes=1000,
-    classifier_activation="softmax",
-    norm="gn",
-    groups=32,
-    group_size=None,
-    name="vgg16_gn",
-):
-    """Instantiates VGG-16 with Group Normalization after every convolution.
+_DOC = """Instantiates {title} with Group Normalization after every convolution.
+
+    {body}
 
     Args:
-        include_top: whether to include the three fully connected layers.
-            Defaults to `True`.
-        weights: `None`, a weights tag of `zoo.list_weights("vgg16_gn")`, or
-            the path of a `.weights.h5` file. Defaults to `None`.
-        input_tensor: optional Keras tensor to use as the model input.
-        input_shape: optional input shape; `(224, 224, 3)` with the top.
-        pooling: with `include_top=False`: `None`, `"avg"` or `"max"`.
-            Defaults to `None`.
-        classes: number of classes. Defaults to `1000`.
-        classifier_activation: activation of the classifier. Defaults to
-            `"softmax"`.
-        norm: `"gn"` or `"bn"`. Defaults to `"gn"`.
-        groups: GN groups. Defaults to `32`.
-        group_size: GN channels per group instead of `groups`.
-        name: model name. Defaults to `"vgg16_gn"`.
+        {args}
+        **kwargs: other `zoo.VGG` arguments: `epsilon` (defaults to `1e-5`),
+            `dropout` (of the fully connected layers; defaults to `0.5`).
 
     Returns:
         A `keras.Model`.
@@ -104,33 +81,18 @@ def vgg16_gn(
         - [Simonyan & Zisserman, Very Deep Convolutional Networks, 2015](
           https://arxiv.org/abs/1409.1556)
     """
-    return VGG(include_top=include_top, weights=weights, input_tensor=input_tensor,
-               input_shape=input_shape, pooling=pooling, classes=classes,
-               classifier_activation=classifier_activation, norm=norm, groups=groups,
-               group_size=group_size, name=name)
 
 
-def vgg16_cifar_gn(
-    include_top=True,
-    weights=None,
-    input_tensor=None,
-    input_shape=None,
-    pooling=None,
-    classes=10,
-    classifier_activation="softmax",
-    norm="gn",
-    groups=32,
-    group_size=None,
-    name="vgg16_cifar_gn",
-):
-    """Instantiates the CIFAR VGG-16 (32x32 inputs) with Group Normalization.
+def _variant(arch, title, body, classes, size, **config):
+    args = common.BUILDER_ARGS_DOC.format(arch=arch, size=size, classes=classes)
+    doc = _DOC.format(title=title, body=body, args=args)
+    return common.variant(VGG, arch, doc, classes, **config)
 
-    The 13 convolutions of VGG-16, each followed by GN and ReLU, then the
-    flattened 1x1x512 features and one classifier (no 4096-unit layers).
-    Arguments as in `vgg16_gn`, with `classes` defaulting to `10` and
-    `input_shape` to `(32, 32, 3)`.
-    """
-    return VGG(fc_units=(), include_top=include_top, weights=weights, input_tensor=input_tensor,
-               input_shape=input_shape, pooling=pooling, classes=classes,
-               classifier_activation=classifier_activation, norm=norm, groups=groups,
-               group_size=group_size, default_input_shape=(32, 32, 3), name=name)
+
+vgg16_gn = _variant(
+    "vgg16_gn", "VGG-16", "The 13 convolutions of VGG-16 and its two 4096-unit layers.",
+    1000, "(224, 224, 3)")
+vgg16_cifar_gn = _variant(
+    "vgg16_cifar_gn", "the CIFAR VGG-16 (32x32 inputs)",
+    "The 13 convolutions of VGG-16, then one classifier on the flattened 1x1x512 features.",
+    10, "(32, 32, 3)", fc_units=(), default_input_shape=(32, 32, 3))
