@@ -1,5 +1,8 @@
-"""train: the paper's training recipe on tf.distribute.
+"""train: the paper's training recipe on tf.distribute (`python -m train`).
 
-Empty for now: the absl-py training app (`python -m train`) comes with the
-training work.
+Modules: `app` (the absl app and its flags), `recipe` (learning-rate
+schedule, weight decay, recipe defaults), `data` (TFDS / image-folder / fake
+input pipelines with keras-cv augmentation), `strategies` (default,
+mirrored with logical CPU devices, multi-worker, TPU), `callbacks` (an
+idempotent per-epoch log).
 """

@@ -10,6 +10,7 @@ Converters of the authors' weights: `zoo.convert` (`python -m zoo.convert`).
 """
 
 from zoo import finetune
+from zoo.preprocessing import Preprocessing
 from zoo.preprocessing import preprocess_input
 from zoo.resnet import ResNet
 from zoo.resnet import resnet18_gn
@@ -39,6 +40,17 @@ def list_models():
     return sorted(_MODELS)
 
 
+def default_image_size(name):
+    """Input size a builder defaults to (32 for CIFAR models, else 224),
+    known without building the model."""
+    from zoo.resnet import ARCHS
+
+    get_model(name)
+    if name == "vgg16_cifar_gn" or ARCHS.get(name, {}).get("stem") == "cifar":
+        return 32
+    return 224
+
+
 def get_model(name):
     """The builder called `name` (see `list_models()`)."""
     try:
@@ -47,5 +59,5 @@ def get_model(name):
         raise ValueError(f"Unknown model {name!r}. Zoo models: {list_models()}.") from None
 
 
-__all__ = ["ResNet", "VGG", "finetune", "get_model", "get_weights_info", "list_models", "list_weights",
+__all__ = ["Preprocessing", "default_image_size", "ResNet", "VGG", "finetune", "get_model", "get_weights_info", "list_models", "list_weights",
            "preprocess_input", *_MODELS]

@@ -18,7 +18,7 @@ def check_norm(norm):
 
 
 def norm_layer(norm, channels, *, groups=32, group_size=None, epsilon=1e-5, zero_init=False,
-               axis=-1, name=None):
+               axis=-1, sync_bn=False, name=None):
     """A normalization layer for a tensor with `channels` channels.
 
     Args:
@@ -35,13 +35,16 @@ def norm_layer(norm, channels, *, groups=32, group_size=None, epsilon=1e-5, zero
         zero_init: bool, start gamma at 0 (the last norm of a residual
             branch, so that each block starts as the identity).
         axis: int, the channel axis.
+        sync_bn: bool, BN statistics over the global batch of all replicas
+            instead of per replica (the paper's BN is per replica).
         name: layer name.
     """
     check_norm(norm)
     gamma_initializer = "zeros" if zero_init else "ones"
     if norm == "bn":
         return keras.layers.BatchNormalization(
-            axis=axis, momentum=0.9, epsilon=epsilon, gamma_initializer=gamma_initializer, name=name
+            axis=axis, momentum=0.9, epsilon=epsilon, gamma_initializer=gamma_initializer,
+            synchronized=sync_bn, name=name,
         )
     return keras_gn.GroupNormalization(
         groups=choose_groups(channels, groups, group_size),

@@ -1,7 +1,8 @@
-"""`preprocess_input` for each registered weight set."""
+"""`preprocess_input` for each registered weight set, and the same as a layer."""
 
 import keras
 
+from keras_gn.serialization import register
 from zoo.weights import get_entry
 
 
@@ -24,15 +25,62 @@ def preprocess_input(x, weights, data_format=None):
         A float32 tensor of the same shape.
     """
     prep = get_entry(weights).preprocessing
-    x = keras.ops.cast(x, "float32")
     if prep.inside_model:
-        return x
+        return keras.ops.cast(x, "float32")
     channels_last = (data_format or keras.config.image_data_format()) == "channels_last"
+    return _normalize(x, prep.color, prep.scale, prep.mean, prep.std, channels_last)
+
+
+def _normalize(x, color, scale, mean, std, channels_last, dtype="float32"):
+    x = keras.ops.cast(x, "float32")
     axis = -1 if channels_last else -3
-    if prep.color == "BGR":
+    if color == "BGR":
         x = keras.ops.flip(x, axis=axis)
     shape = [1] * len(x.shape)
     shape[axis] = 3
-    mean = keras.ops.reshape(keras.ops.convert_to_tensor(prep.mean, "float32"), shape)
-    std = keras.ops.reshape(keras.ops.convert_to_tensor(prep.std, "float32"), shape)
-    return (x / prep.scale - mean) / std
+    mean = keras.ops.reshape(keras.ops.convert_to_tensor(mean, "float32"), shape)
+    std = keras.ops.reshape(keras.ops.convert_to_tensor(std, "float32"), shape)
+    return keras.ops.cast((x / scale - mean) / std, dtype)
+
+
+@register
+class Preprocessing(keras.layers.Layer):
+    """Input preprocessing as a layer, so that a model takes raw RGB [0, 255].
+
+    Computes what `preprocess_input` does: optional RGB -> BGR, division by
+    `scale`, subtraction of `mean` and division by `std` (both in the output
+    channel order). Serializable, so saved models keep their preprocessing.
+
+    Args:
+        color: `"RGB"` or `"BGR"`, the channel order the model expects.
+            Defaults to `"RGB"`.
+        scale: float, inputs are divided by it first. Defaults to `255.0`.
+        mean: three floats. Defaults to the ImageNet mean.
+        std: three floats. Defaults to the ImageNet std.
+        **kwargs: base layer keyword arguments.
+    """
+
+    def __init__(self, color="RGB", scale=255.0, mean=(0.485, 0.456, 0.406),
+                 std=(0.229, 0.224, 0.225), **kwargs):
+        super().__init__(**kwargs)
+        if color not in ("RGB", "BGR"):
+            raise ValueError(f"color={color!r} is not one of 'RGB', 'BGR'.")
+        self.color, self.scale = color, float(scale)
+        self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+    def call(self, inputs):
+        return _normalize(inputs, self.color, self.scale, self.mean, self.std, channels_last=True,
+                          dtype=self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "color": self.color, "scale": self.scale,
+                "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def for_weights(cls, tag, **kwargs):
+        """The preprocessing of a registered weight set."""
+        prep = get_entry(tag).preprocessing
+        return cls(prep.color, prep.scale, prep.mean, prep.std, **kwargs)

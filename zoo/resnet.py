@@ -78,6 +78,7 @@ def ResNet(
     group_size=None,
     epsilon=1e-5,
     zero_init_last=True,
+    sync_bn=False,
     name="resnet",
 ):
     """The configurable ResNet; the named variants only pick its arguments.
@@ -97,6 +98,8 @@ def ResNet(
         epsilon: norm epsilon. Defaults to `1e-5`.
         zero_init_last: bool, zero-init the last gamma of each residual
             branch. Defaults to `True`.
+        sync_bn: bool, with `norm="bn"`: synchronize BN statistics across
+            replicas. Defaults to `False` (per replica, as in the paper).
         name: model name, and the architecture name weights are looked up
             under.
     """
@@ -106,7 +109,8 @@ def ResNet(
         default_shape = (None, None, 3)
     inputs, x = common.model_inputs(input_tensor, input_shape, default_shape)
     axis = common.channel_axis()
-    norm_kwargs = dict(norm=norm, groups=groups, group_size=group_size, epsilon=epsilon)
+    norm_kwargs = dict(norm=norm, groups=groups, group_size=group_size, epsilon=epsilon,
+                       sync_bn=sync_bn)
 
     if stem == "imagenet":
         x = common.padded_conv(x, 64, 7, 2, name="conv1_conv")

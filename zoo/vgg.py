@@ -32,6 +32,7 @@ def VGG(
     group_size=None,
     epsilon=1e-5,
     dropout=0.5,
+    sync_bn=False,
     default_input_shape=(224, 224, 3),
     name="vgg",
 ):
@@ -47,7 +48,7 @@ def VGG(
         for i in range(1, convs + 1):
             x = common.padded_conv(x, filters, 3, name=f"block{b}_conv{i}")
             x = norm_layer(norm, filters, groups=groups, group_size=group_size, epsilon=epsilon,
-                           axis=axis, name=f"block{b}_conv{i}_norm")(x)
+                           axis=axis, sync_bn=sync_bn, name=f"block{b}_conv{i}_norm")(x)
             x = keras.layers.ReLU(name=f"block{b}_conv{i}_relu")(x)
         x = keras.layers.MaxPooling2D(2, 2, name=f"block{b}_pool")(x)
 

@@ -1,0 +1,5 @@
+"""`python -m train`: see `train.app`."""
+
+from train.app import run
+
+run()

@@ -1,0 +1,227 @@
+"""`python -m train`: train or fine-tune a zoo model with the paper's recipe.
+
+    python -m train --model=resnet20_gn --dataset=folder \\
+        --data_dir=cifar10-jpeg.tar.gz --model_dir=runs/r20_gn
+
+    # The paper's setting: 8 replicas with 32 images each, ResNet-50 on ImageNet
+    python -m train --model=resnet50_gn --dataset=imagenet2012 \\
+        --data_dir=~/tensorflow_datasets --strategy=mirrored \\
+        --per_replica_batch_size=32 --model_dir=runs/r50_gn
+
+Writes to --model_dir: `results.json` (flags, per-epoch metrics, final and
+median-of-last-5 top-1 error, wall time, images/s), `history.json` and
+`log.csv` (one row per epoch), `latest.weights.h5` and `final.weights.h5`,
+TensorBoard logs, and the `backup/` that lets a killed run resume where it
+stopped when started again with the same flags.
+"""
+
+import json
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+from train import recipe as recipes
+from train import strategies
+
+FLAGS = flags.FLAGS
+
+# Core flags (fixed names).
+flags.DEFINE_string("model", "resnet20_gn", "Zoo model (see zoo.list_models()).")
+flags.DEFINE_string("dataset", "cifar10", "A TFDS dataset name (cifar10, cifar100, imagenet2012, ...) "
+                    "or 'folder' for an image folder / tar archive in --data_dir.")
+flags.DEFINE_string("data_dir", None, "TFDS data directory, or the image folder / tar archive.")
+flags.DEFINE_integer("per_replica_batch_size", None, "Images per replica (per GPU); the global batch "
+                     "is this times the number of replicas. Default: the recipe's (32 ImageNet, 128 CIFAR).")
+flags.DEFINE_integer("epochs", None, "Epochs. Default: the recipe's (100 ImageNet, 160 CIFAR).")
+flags.DEFINE_integer("steps_per_epoch", None, "Cap on training (and evaluation) steps per epoch, for smoke runs.")
+flags.DEFINE_string("model_dir", None, "Where logs, checkpoints, the backup and results.json go.")
+flags.DEFINE_enum("strategy", "default", list(strategies.STRATEGIES), "tf.distribute strategy.")
+flags.DEFINE_integer("num_cpu_devices", 0, "Split the CPU into this many logical devices (mirrored, no GPU).")
+flags.DEFINE_enum("mixed_precision", "none", ["none", "mixed_float16", "mixed_bfloat16"], "Dtype policy.")
+flags.DEFINE_string("init", None, "Fine-tune from zoo weights: a registry tag or a .weights.h5 path.")
+flags.DEFINE_bool("fake_data", False, "Random images (smoke tests, throughput).")
+# Recipe and model options.
+flags.DEFINE_enum("recipe", None, list(recipes.RECIPES), "Default: cifar for 32 px models/datasets, else imagenet.")
+flags.DEFINE_enum("norm", "gn", ["gn", "bn"], "Normalization of the model.")
+flags.DEFINE_integer("groups", 32, "GN groups.")
+flags.DEFINE_integer("group_size", None, "GN channels per group instead of --groups.")
+flags.DEFINE_bool("sync_bn", False, "Synchronize BN statistics across replicas (default: per replica, as in the paper).")
+flags.DEFINE_float("base_learning_rate", None, "Learning rate per reference batch (0.1 per 256 ImageNet, per 128 CIFAR).")
+flags.DEFINE_float("warmup_epochs", 0, "Linear learning-rate warm-up.")
+flags.DEFINE_float("weight_decay", None, "Default: the recipe's (1e-4).")
+flags.DEFINE_bool("decay_norm_parameters", True, "Apply weight decay to GN/BN gamma and beta (the paper does; "
+                  "fine-tuning never does).")
+flags.DEFINE_integer("image_size", None, "Training crop size. Default: the recipe's.")
+flags.DEFINE_integer("seed", 0, "Random seed.")
+flags.DEFINE_string("tpu", None, "TPU name or address for --strategy=tpu.")
+flags.DEFINE_integer("verbose", 1, "Keras progress output: 1 progress bars, 2 one line per epoch.")
+
+
+def _fail(message):
+    raise app.UsageError(message)
+
+
+def _validate_and_recipe():
+    import zoo
+
+    if FLAGS.model not in zoo.list_models():
+        _fail(f"--model={FLAGS.model} is not a zoo model; valid: {zoo.list_models()}.")
+    if FLAGS.model_dir is None:
+        _fail("--model_dir is required.")
+    if FLAGS.dataset == "folder" and not FLAGS.fake_data and not FLAGS.data_dir:
+        _fail("--dataset=folder needs --data_dir (an image folder or .tar.gz).")
+    if FLAGS.data_dir and FLAGS.dataset == "folder" and not os.path.exists(FLAGS.data_dir):
+        _fail(f"--data_dir={FLAGS.data_dir} does not exist.")
+    if FLAGS.per_replica_batch_size is not None and FLAGS.per_replica_batch_size < 1:
+        _fail(f"--per_replica_batch_size={FLAGS.per_replica_batch_size} must be at least 1.")
+    if FLAGS.strategy != "mirrored" and FLAGS.num_cpu_devices > 1:
+        _fail("--num_cpu_devices needs --strategy=mirrored.")
+    name = FLAGS.recipe
+    if name is None:
+        cifar_model = zoo.default_image_size(FLAGS.model) == 32
+        name = "cifar" if FLAGS.dataset.startswith("cifar") or cifar_model else "imagenet"
+    base = recipes.RECIPES[name]
+    return recipes.Recipe(**{
+        **base.__dict__,
+        "epochs": FLAGS.epochs or base.epochs,
+        "per_replica_batch_size": FLAGS.per_replica_batch_size or base.per_replica_batch_size,
+        "weight_decay": base.weight_decay if FLAGS.weight_decay is None else FLAGS.weight_decay,
+        "image_size": FLAGS.image_size or base.image_size,
+    })
+
+
+def _source(recipe):
+    from train import data
+
+    if FLAGS.fake_data:
+        classes = 10 if recipe.name == "cifar" else 1000
+        return data.fake(classes, recipe.image_size)
+    try:
+        if FLAGS.dataset == "folder":
+            return data.image_folder(FLAGS.data_dir)
+        return data.tfds_dataset(FLAGS.dataset, FLAGS.data_dir)
+    except ValueError as error:
+        _fail(str(error))
+
+
+def build_model(recipe, num_classes):
+    """Raw RGB [0, 255] -> `zoo.Preprocessing` -> the zoo model -> float32 logits."""
+    import keras
+
+    import zoo
+    from zoo import finetune
+
+    size = recipe.image_size
+    inputs = keras.Input((size, size, 3), name="image")
+    builder = zoo.get_model(FLAGS.model)
+    options = dict(norm=FLAGS.norm, groups=FLAGS.groups, group_size=FLAGS.group_size,
+                   sync_bn=FLAGS.sync_bn)
+    if FLAGS.init:
+        tag = None if os.path.exists(FLAGS.init) else zoo.weights.resolve(FLAGS.model, FLAGS.init).tag
+        prep = zoo.Preprocessing.for_weights(tag) if tag else _dataset_preprocessing(recipe)
+        backbone = builder(include_top=False, pooling="avg", weights=FLAGS.init,
+                           input_shape=(size, size, 3), **options)
+        model = finetune.with_new_head(backbone, num_classes, classifier_activation=None)
+        logits = model(prep(inputs))
+    else:
+        model = builder(input_tensor=_dataset_preprocessing(recipe)(inputs), classes=num_classes,
+                        classifier_activation=None, **options)
+        logits = model.output
+    logits = keras.layers.Activation("linear", dtype="float32", name="logits")(logits)
+    return keras.Model(inputs, logits, name=f"{FLAGS.model}_{FLAGS.norm}")
+
+
+def _dataset_preprocessing(recipe):
+    import zoo
+
+    if recipe.name == "cifar":  # CIFAR-10 channel statistics
+        return zoo.Preprocessing("RGB", 255.0, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+                                 name="preprocessing")
+    return zoo.Preprocessing(name="preprocessing")  # ImageNet mean/std
+
+
+def main(argv):
+    del argv
+    recipe = _validate_and_recipe()
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("WARNING")  # tf.distribute's per-step INFO lines
+    strategy = strategies.make(FLAGS.strategy, FLAGS.num_cpu_devices, FLAGS.tpu)
+
+    import keras
+    import numpy as np
+
+    from train import callbacks as run_callbacks
+    from train import data
+
+    keras.utils.set_random_seed(FLAGS.seed)
+    if FLAGS.mixed_precision != "none":
+        keras.config.set_dtype_policy(FLAGS.mixed_precision)
+    replicas = strategy.num_replicas_in_sync
+    global_batch = recipe.per_replica_batch_size * replicas
+    source = _source(recipe)
+    if global_batch > source.train_examples:
+        _fail(f"--per_replica_batch_size={recipe.per_replica_batch_size} x {replicas} replicas = "
+              f"{global_batch} images per step, more than the {source.train_examples} training "
+              "examples; use a smaller per-replica batch.")
+    steps = source.train_examples // global_batch
+    eval_steps = -(-source.test_examples // global_batch)
+    if FLAGS.steps_per_epoch:
+        steps, eval_steps = min(steps, FLAGS.steps_per_epoch), min(eval_steps, FLAGS.steps_per_epoch)
+    train_ds, test_ds = data.pipelines(source, recipe, global_batch, FLAGS.seed)
+
+    chief = strategies.is_chief()
+    model_dir = FLAGS.model_dir if chief else os.path.join(FLAGS.model_dir, f"worker_{strategies.task()[1]}")
+    os.makedirs(model_dir, exist_ok=True)
+    decay_norm = FLAGS.decay_norm_parameters and not FLAGS.init
+    peak = recipes.learning_rate(recipe, global_batch, FLAGS.base_learning_rate)
+    with strategy.scope():
+        model = build_model(recipe, source.num_classes)
+        model.compile(
+            optimizer=recipes.optimizer(
+                recipes.schedule(recipe, recipe.epochs, steps, peak, FLAGS.warmup_epochs),
+                recipe.weight_decay, decay_norm),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        )
+    log = run_callbacks.EpochLog(model_dir, global_batch, steps)
+    callbacks = [
+        log,  # before the backup: see train.callbacks
+        keras.callbacks.BackupAndRestore(os.path.join(model_dir, "backup")),
+        keras.callbacks.ModelCheckpoint(os.path.join(model_dir, "latest.weights.h5"), save_weights_only=True),
+        keras.callbacks.TensorBoard(os.path.join(model_dir, "tensorboard")),
+    ]
+    print(f"{FLAGS.model} ({FLAGS.norm}) on {source.name}: {replicas} replica(s) x "
+          f"{recipe.per_replica_batch_size} = {global_batch} images per step, {steps} steps per epoch, "
+          f"{recipe.epochs} epochs, peak learning rate {peak:g}, recipe {recipe.name}.", flush=True)
+    start = time.time()
+    model.fit(train_ds, epochs=recipe.epochs, steps_per_epoch=steps, validation_data=test_ds,
+              validation_steps=eval_steps, callbacks=callbacks, verbose=FLAGS.verbose)
+    wall = time.time() - start
+    model.save_weights(os.path.join(model_dir, "final.weights.h5"))
+
+    history = [log.history[e] for e in sorted(log.history)]
+    errors = [100.0 * (1.0 - h["val_accuracy"]) for h in history if "val_accuracy" in h]
+    results = dict(
+        flags={f.name: f.value for f in FLAGS.get_key_flags_for_module(sys.modules[__name__])},
+        recipe=recipe.__dict__, dataset=source.name, num_classes=source.num_classes,
+        replicas=replicas, global_batch_size=global_batch, steps_per_epoch=steps,
+        epochs_completed=len(history), total_steps=sum(h["steps"] for h in history),
+        peak_learning_rate=peak, history=history,
+        final_top1_error=errors[-1] if errors else None,
+        median_top1_error_last5=recipes.median_of_last(errors, 5),
+        wall_seconds_this_run=wall, wall_seconds_all_runs=sum(h["epoch_seconds"] for h in history),
+        images_per_second=float(np.median([h["images_per_second"] for h in history])) if history else None,
+    )
+    with open(os.path.join(model_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=1, default=str)
+    print(f"top-1 error: final {results['final_top1_error']}, median of the last 5 epochs "
+          f"{results['median_top1_error_last5']}; results in {model_dir}/results.json")
+
+
+def run():
+    """Console-script entry point."""
+    app.run(main)

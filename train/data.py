@@ -1,0 +1,174 @@
+"""Input pipelines: TFDS datasets, image folders (directory or tar archive),
+and fake data; keras-cv augmentation; parallel decoding, caching, prefetch.
+
+Every source yields (uint8 RGB image, int label) examples; the model
+normalizes its own inputs (`zoo.Preprocessing`), so pipelines hand it raw
+[0, 255] pixels as float32.
+
+- ImageNet recipe: random-resized crop (8%-100% of the area, aspect ratio
+  3/4-4/3) to the image size and horizontal flips for training; shorter side
+  resized to `eval_resize` and a center crop for evaluation.
+- CIFAR recipe: 4-pixel zero padding, random crop back to the image size,
+  horizontal flips; the decoded training set is cached in memory.
+"""
+
+import dataclasses
+import pathlib
+import tarfile
+import tempfile
+
+import keras_cv
+import numpy as np
+import tensorflow as tf
+
+AUTOTUNE = tf.data.AUTOTUNE
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+CACHE_LIMIT = 100_000  # examples of the CIFAR recipe kept decoded in memory
+
+
+@dataclasses.dataclass
+class Source:
+    """A dataset before batching: unbatched (image, label) datasets."""
+
+    train: tf.data.Dataset
+    test: tf.data.Dataset
+    num_classes: int
+    train_examples: int
+    test_examples: int
+    name: str
+
+
+def _decode(path, label):
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    return image, label
+
+
+def image_folder(path):
+    """An image folder: `train/<class>/*` and `test/<class>/*` (or `val/`),
+    as a directory or a tar archive (extracted to a temporary directory)."""
+    root = pathlib.Path(path)
+    if not root.exists():
+        raise ValueError(f"--data_dir={path} does not exist.")
+    if root.is_file():
+        if not tarfile.is_tarfile(root):
+            raise ValueError(f"--data_dir={path} is a file but not a tar archive.")
+        extracted = pathlib.Path(tempfile.mkdtemp(prefix="keras_gn_data_"))
+        with tarfile.open(root) as tar:
+            tar.extractall(extracted, filter="data")
+        candidates = [p.parent for p in extracted.rglob("train") if p.is_dir()]
+        if not candidates:
+            raise ValueError(f"{path} has no train/ folder inside.")
+        root = candidates[0]
+    test_dir = next((root / d for d in ("test", "val", "validation") if (root / d).is_dir()), None)
+    if not (root / "train").is_dir() or test_dir is None:
+        raise ValueError(f"{root} needs train/<class>/ and test/<class>/ (or val/) folders.")
+    classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+
+    def listing(split_dir):
+        paths, labels = [], []
+        for label, name in enumerate(classes):
+            files = sorted(p for p in (split_dir / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            paths += [str(p) for p in files]
+            labels += [label] * len(files)
+        if not paths:
+            raise ValueError(f"{split_dir} has no images in class folders {classes[:5]}...")
+        # A fixed shuffle of the listing, so that a capped evaluation
+        # (--steps_per_epoch) sees every class, not the first ones.
+        order = np.random.default_rng(0).permutation(len(paths))
+        ds = tf.data.Dataset.from_tensor_slices((np.array(paths)[order], np.array(labels)[order]))
+        return ds.map(_decode, num_parallel_calls=AUTOTUNE), len(paths)
+
+    train, n_train = listing(root / "train")
+    test, n_test = listing(test_dir)
+    return Source(train, test, len(classes), n_train, n_test, f"folder:{root.name}")
+
+
+def tfds_dataset(name, data_dir=None):
+    """A TFDS dataset with `image` and `label` features; evaluated on its
+    `test` split, else `validation`."""
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError as error:
+        raise ValueError(
+            f"--dataset={name} is not a TFDS dataset ({str(error).splitlines()[0]}). Use e.g. "
+            "cifar10, cifar100 or imagenet2012, or --dataset=folder with --data_dir."
+        ) from None
+    splits = builder.info.splits
+    test_split = next((s for s in ("test", "validation") if s in splits), None)
+    if "train" not in splits or test_split is None:
+        raise ValueError(f"TFDS {name} needs a train split and a test or validation split.")
+    builder.download_and_prepare()
+    load = dict(as_supervised=True, read_config=tfds.ReadConfig(try_autodetect_file_format=True))
+    train = builder.as_dataset(split="train", shuffle_files=True, **load)
+    test = builder.as_dataset(split=test_split, **load)
+    return Source(train, test, builder.info.features["label"].num_classes,
+                  splits["train"].num_examples, splits[test_split].num_examples, f"tfds:{name}")
+
+
+def fake(num_classes, image_size, num_examples=1024):
+    """Random images and labels, generated in the graph (no files)."""
+
+    def example(i):
+        seed = tf.stack([i, 0])
+        image = tf.random.stateless_uniform((image_size, image_size, 3), seed, 0, 256, tf.int32)
+        label = tf.random.stateless_uniform((), seed + 1, 0, num_classes, tf.int32)
+        return tf.cast(image, tf.uint8), label
+
+    ds = tf.data.Dataset.range(num_examples).map(example, num_parallel_calls=AUTOTUNE)
+    return Source(ds, ds, num_classes, num_examples, num_examples, "fake")
+
+
+def augmenter(recipe):
+    """The keras-cv augmentation of a recipe, for single images."""
+    flip = keras_cv.layers.RandomFlip("horizontal")
+    size = recipe.image_size
+    if recipe.name == "imagenet":
+        crop = keras_cv.layers.RandomCropAndResize(
+            target_size=(size, size), crop_area_factor=(0.08, 1.0), aspect_ratio_factor=(3 / 4, 4 / 3))
+        return lambda image: flip(crop(image))
+    crop = keras_cv.layers.RandomCrop(size, size)
+
+    def pad_crop_flip(image):
+        image = tf.image.resize_with_crop_or_pad(image, size + 8, size + 8)  # 4 px each side
+        return flip(crop(image))
+
+    return pad_crop_flip
+
+
+def center_crop(recipe):
+    size = recipe.image_size
+    if not recipe.eval_resize:
+        return lambda image: tf.image.resize(image, (size, size)) if image.shape[0] != size else image
+
+    def resize_and_crop(image):
+        shape = tf.cast(tf.shape(image)[:2], tf.float32)
+        scale = recipe.eval_resize / tf.reduce_min(shape)
+        image = tf.image.resize(image, tf.cast(tf.round(shape * scale), tf.int32))
+        return tf.image.resize_with_crop_or_pad(image, size, size)
+
+    return resize_and_crop
+
+
+def pipelines(source, recipe, global_batch, seed=0):
+    """(train, test) batched datasets: train repeats, shuffled, augmented;
+    test is center-cropped and kept whole (the last batch may be smaller)."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    augment, evaluate = augmenter(recipe), center_crop(recipe)
+    train = source.train
+    if recipe.name == "cifar" and source.train_examples <= CACHE_LIMIT:
+        train = train.cache()
+    train = (train.shuffle(min(source.train_examples, 20_000), seed=seed, reshuffle_each_iteration=True)
+             .repeat()
+             .map(lambda x, y: (augment(tf.cast(x, tf.float32)), y), num_parallel_calls=AUTOTUNE)
+             .batch(global_batch, drop_remainder=True)
+             .prefetch(AUTOTUNE)
+             .with_options(options))
+    test = source.test.cache() if source.test_examples <= CACHE_LIMIT // 5 else source.test
+    test = (test.map(lambda x, y: (evaluate(tf.cast(x, tf.float32)), y), num_parallel_calls=AUTOTUNE)
+            .batch(global_batch)
+            .prefetch(AUTOTUNE)
+            .with_options(options))
+    return train, test

@@ -1,0 +1,91 @@
+"""Training recipes: the paper's ImageNet recipe and a CIFAR one.
+
+ImageNet (Wu & He 2018, section 4.1; Goyal et al. 2017): 100 epochs; SGD
+with momentum 0.9; learning rate 0.1 per 256 images of global batch (linear
+scaling: 0.1 * N / 32 with N images per GPU on the paper's 8 GPUs), divided
+by 10 at epochs 30, 60 and 90 (scaled to `--epochs`), optional linear
+warm-up; weight decay 1e-4 on all weights, gamma and beta included (a flag
+excludes them); 224 px random-resized crops and flips, center-crop
+evaluation.
+
+CIFAR (He et al. 2016, section 4.2): batch 128, learning rate 0.1 per 128
+images, divided by 10 at 50% and 75% of the epochs (He et al.: iterations
+32k and 48k of 64k), weight decay 1e-4, momentum 0.9; 4-pixel padding with
+random 32 px crops, and flips.
+
+Weight decay is decoupled (`w -= lr * wd * w` each step), which equals an
+L2 term `wd/2 * |w|^2` in the loss for plain SGD; with momentum the two
+differ slightly (the L2 gradient also goes through the momentum).
+"""
+
+import dataclasses
+
+import keras
+import numpy as np
+
+NORM_VARIABLE_NAMES = ("gamma", "beta")
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    name: str
+    epochs: int
+    per_replica_batch_size: int
+    base_learning_rate: float  # per `reference_batch` images of global batch
+    reference_batch: int
+    decay_at: tuple  # fractions of the epochs where the rate is divided by 10
+    weight_decay: float
+    image_size: int
+    eval_resize: int  # shorter side before the center crop (0: no crop)
+
+
+IMAGENET = Recipe("imagenet", epochs=100, per_replica_batch_size=32, base_learning_rate=0.1,
+                  reference_batch=256, decay_at=(0.3, 0.6, 0.9), weight_decay=1e-4,
+                  image_size=224, eval_resize=256)
+CIFAR = Recipe("cifar", epochs=160, per_replica_batch_size=128, base_learning_rate=0.1,
+               reference_batch=128, decay_at=(0.5, 0.75), weight_decay=1e-4,
+               image_size=32, eval_resize=0)
+RECIPES = {r.name: r for r in (IMAGENET, CIFAR)}
+
+
+def learning_rate(recipe, global_batch, base_learning_rate=None):
+    """Linear scaling: the base rate per `reference_batch` images."""
+    base = recipe.base_learning_rate if base_learning_rate is None else base_learning_rate
+    return base * global_batch / recipe.reference_batch
+
+
+class StepSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up to `peak`, then divided by 10 at each boundary step."""
+
+    def __init__(self, peak, boundaries, warmup_steps=0):
+        self.peak, self.boundaries, self.warmup_steps = float(peak), [int(b) for b in boundaries], int(warmup_steps)
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        decays = sum(keras.ops.cast(step >= b, "float32") for b in self.boundaries) if self.boundaries else 0.0
+        rate = self.peak * keras.ops.power(0.1, decays)
+        if self.warmup_steps:
+            warm = self.peak * (step + 1.0) / self.warmup_steps
+            rate = keras.ops.where(step < self.warmup_steps, keras.ops.minimum(warm, rate), rate)
+        return rate
+
+    def get_config(self):
+        return {"peak": self.peak, "boundaries": self.boundaries, "warmup_steps": self.warmup_steps}
+
+
+def schedule(recipe, epochs, steps_per_epoch, peak, warmup_epochs=0):
+    boundaries = [int(round(f * epochs)) * steps_per_epoch for f in recipe.decay_at]
+    return StepSchedule(peak, [b for b in boundaries if b > 0], warmup_epochs * steps_per_epoch)
+
+
+def optimizer(learning_rate, weight_decay, decay_norm_parameters=True, momentum=0.9):
+    """SGD with momentum and weight decay; gamma/beta excluded on request."""
+    sgd = keras.optimizers.SGD(learning_rate, momentum=momentum, weight_decay=weight_decay or None)
+    if weight_decay and not decay_norm_parameters:
+        sgd.exclude_from_weight_decay(var_names=list(NORM_VARIABLE_NAMES))
+    return sgd
+
+
+def median_of_last(values, n=5):
+    """The paper's reported number: the median over the last `n` epochs."""
+    return float(np.median(values[-n:])) if values else None
