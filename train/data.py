@@ -95,16 +95,23 @@ def tfds_dataset(name, data_dir=None):
             f"--dataset={name} is not a TFDS dataset ({str(error).splitlines()[0]}). Use e.g. "
             "cifar10, cifar100 or imagenet2012, or --dataset=folder with --data_dir."
         ) from None
+    builder.download_and_prepare()  # nothing to do once prepared
     splits = builder.info.splits
-    test_split = next((s for s in ("test", "validation") if s in splits), None)
-    if "train" not in splits or test_split is None:
-        raise ValueError(f"TFDS {name} needs a train split and a test or validation split.")
-    builder.download_and_prepare()
-    load = dict(as_supervised=True, read_config=tfds.ReadConfig(try_autodetect_file_format=True))
+    available = list(splits.keys()) or ["train", "test"]  # unprepared metadata: mocked data
+    test_split = next((s for s in ("test", "validation") if s in available), None)
+    if "train" not in available or test_split is None:
+        raise ValueError(f"TFDS {name} needs a train split and a test or validation split; it has {available}.")
+    load = dict(as_supervised=True)
     train = builder.as_dataset(split="train", shuffle_files=True, **load)
     test = builder.as_dataset(split=test_split, **load)
+
+    def count(split, ds):
+        if split in splits and splits[split].num_examples:
+            return splits[split].num_examples
+        return int(ds.reduce(0, lambda n, _: n + 1))
+
     return Source(train, test, builder.info.features["label"].num_classes,
-                  splits["train"].num_examples, splits[test_split].num_examples, f"tfds:{name}")
+                  count("train", train), count(test_split, test), f"tfds:{name}")
 
 
 def fake(num_classes, image_size, num_examples=1024):

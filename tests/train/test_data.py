@@ -1,0 +1,89 @@
+"""Tests of the input pipelines on images made here, on the real CIFAR-10
+(when KERAS_GN_CIFAR10 is set) and on TFDS mock data."""
+
+import os
+import tarfile
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from train import data
+from train import recipe
+
+
+def make_folder(root, classes=("cat", "dog"), per_class=3, size=40):
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for name in classes:
+            (root / split / name).mkdir(parents=True)
+            for i in range(per_class):
+                image = rng.integers(0, 256, (size, size + 4, 3), dtype=np.uint8)
+                tf.io.write_file(str(root / split / name / f"{i}.png"), tf.io.encode_png(image))
+    return root
+
+
+def test_image_folder_directory_and_tar(tmp_path):
+    folder = make_folder(tmp_path / "pets")
+    with tarfile.open(tmp_path / "pets.tar.gz", "w:gz") as tar:
+        tar.add(folder, arcname="pets")
+    for path in (folder, tmp_path / "pets.tar.gz"):
+        source = data.image_folder(path)
+        assert (source.num_classes, source.train_examples, source.test_examples) == (2, 6, 6)
+        labels = sorted(int(y) for _, y in source.train)
+        assert labels == [0, 0, 0, 1, 1, 1]
+        image, _ = next(iter(source.train))
+        assert image.shape == (40, 44, 3) and image.dtype == tf.uint8
+
+
+def test_bad_folders(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        data.image_folder(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="needs train/<class>/ and test/<class>/"):
+        data.image_folder(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("name", ["imagenet", "cifar"])
+def test_pipelines_batch_augment_and_center_crop(tmp_path, name):
+    source = data.image_folder(make_folder(tmp_path / "pets", size=300 if name == "imagenet" else 32))
+    r = recipe.RECIPES[name]
+    train, test = data.pipelines(source, r, global_batch=4)
+    x, y = next(iter(train))
+    assert x.shape == (4, r.image_size, r.image_size, 3) and x.dtype == tf.float32
+    assert float(tf.reduce_max(x)) <= 255.0 and y.shape == (4,)
+    batches = [x.shape for x, _ in test]
+    assert batches == [(4, r.image_size, r.image_size, 3), (2, r.image_size, r.image_size, 3)]
+
+
+def test_fake_data():
+    source = data.fake(num_classes=7, image_size=16, num_examples=10)
+    images = [x for x, _ in source.train]
+    assert len(images) == 10 and images[0].shape == (16, 16, 3)
+    assert np.array_equal(images[3], [x for x, _ in source.train][3])  # deterministic
+    assert all(0 <= int(y) < 7 for _, y in source.train)
+
+
+def test_tfds_with_mock_data():
+    with tfds.testing.mock_data(num_examples=12):
+        source = data.tfds_dataset("cifar10")
+        assert source.num_classes == 10 and source.name == "tfds:cifar10"
+        train, test = data.pipelines(source, recipe.CIFAR, global_batch=4)
+        x, y = next(iter(train))
+        assert x.shape == (4, 32, 32, 3)
+    with pytest.raises(ValueError, match="--dataset=cifar11 is not a TFDS dataset"):
+        data.tfds_dataset("cifar11")
+
+
+def test_real_cifar10():
+    path = os.environ.get("KERAS_GN_CIFAR10")
+    if not path or not os.path.exists(path):
+        pytest.skip("set KERAS_GN_CIFAR10 to cifar10-jpeg.tar.gz")
+    source = data.image_folder(path)
+    assert (source.num_classes, source.train_examples, source.test_examples) == (10, 50000, 10000)
+    train, test = data.pipelines(source, recipe.CIFAR, global_batch=64)
+    x, y = next(iter(train))
+    assert x.shape == (64, 32, 32, 3) and len(set(y.numpy().tolist())) > 3
+    _, y = next(iter(test))  # a shuffled listing: the first test batch has many classes
+    assert len(set(y.numpy().tolist())) > 3
