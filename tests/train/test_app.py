@@ -1,0 +1,180 @@
+"""End-to-end tests of `python -m train`: real CIFAR-10, TFDS mock data,
+8 replicas on logical CPU devices (global batch, per-replica BN), two
+multi-worker processes on localhost, and a run killed with SIGKILL and
+resumed. Each run is a separate process, as a user would start it."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+SMOKE = ["--model=resnet20_gn", "--fake_data", "--verbose=2"]
+
+
+def train(*args, env=None, timeout=600, check=True):
+    result = subprocess.run([sys.executable, "-m", "train", *args], capture_output=True, text=True,
+                            env={**ENV, **(env or {})}, timeout=timeout)
+    if check:
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result
+
+
+def results(model_dir):
+    with open(os.path.join(model_dir, "results.json")) as f:
+        return json.load(f)
+
+
+def test_a_few_steps_on_real_cifar10(tmp_path):
+    path = os.environ.get("KERAS_GN_CIFAR10")
+    if not path or not os.path.exists(path):
+        pytest.skip("set KERAS_GN_CIFAR10 to cifar10-jpeg.tar.gz")
+    train("--model=resnet20_gn", "--dataset=folder", f"--data_dir={path}", "--per_replica_batch_size=32",
+          "--steps_per_epoch=4", "--epochs=2", f"--model_dir={tmp_path}", "--verbose=2")
+    r = results(tmp_path)
+    assert r["num_classes"] == 10 and r["dataset"].startswith("folder:")
+    assert (r["epochs_completed"], r["total_steps"], r["global_batch_size"]) == (2, 8, 32)
+    assert r["recipe"]["name"] == "cifar" and len(r["history"]) == 2
+    assert 0 <= r["final_top1_error"] <= 100 and r["images_per_second"] > 0
+    for name in ("log.csv", "history.json", "final.weights.h5", "latest.weights.h5", "tensorboard"):
+        assert os.path.exists(tmp_path / name), name
+
+
+def test_tfds_mock_data(tmp_path):
+    code = textwrap.dedent(f"""
+        import sys
+        import tensorflow_datasets as tfds
+        from absl import flags
+        from train import app
+        flags.FLAGS(["train", "--dataset=cifar10", "--model=resnet20_gn", "--per_replica_batch_size=8",
+                     "--steps_per_epoch=2", "--epochs=1", "--model_dir={tmp_path}", "--verbose=2"])
+        with tfds.testing.mock_data(num_examples=32):
+            app.main([])
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    r = results(tmp_path)
+    assert r["dataset"] == "tfds:cifar10" and r["epochs_completed"] == 1 and r["total_steps"] == 2
+
+
+def test_eight_replicas_on_logical_cpu_devices(tmp_path):
+    train(*SMOKE, "--strategy=mirrored", "--num_cpu_devices=8", "--per_replica_batch_size=2",
+          "--steps_per_epoch=2", "--epochs=1", "--norm=bn", f"--model_dir={tmp_path}")
+    r = results(tmp_path)
+    assert (r["replicas"], r["global_batch_size"], r["total_steps"]) == (8, 16, 2)
+    # The paper's rule: 0.1 per 128 images (CIFAR) of global batch.
+    assert r["peak_learning_rate"] == pytest.approx(0.1 * 16 / 128)
+
+
+BN_PER_REPLICA = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import tensorflow as tf
+    from absl import flags
+    from train import app, recipe, strategies
+    flags.FLAGS(["train", "--model=resnet20_gn", "--norm=bn", "--fake_data"] + sys.argv[1:])
+    strategy = strategies.make("mirrored", num_cpu_devices=8)
+    with strategy.scope():
+        model = app.build_model(recipe.CIFAR, 10)
+    bn = model.get_layer("conv1_norm")
+    # Replica i sees features with mean 10 * i.
+    values = strategy.experimental_distribute_values_from_function(
+        lambda ctx: tf.random.normal((2, 4, 4, 16), seed=1) + 10.0 * ctx.replica_id_in_sync_group)
+    outputs = strategy.run(lambda x: tf.reduce_mean(bn(x, training=True)), args=(values,))
+    print("MEANS", [float(v) for v in strategy.experimental_local_results(outputs)])
+""")
+
+
+@pytest.mark.parametrize("sync_bn", [False, True])
+def test_batch_norm_statistics_are_per_replica_unless_synchronized(sync_bn):
+    args = ["--sync_bn"] if sync_bn else []
+    result = subprocess.run([sys.executable, "-c", BN_PER_REPLICA, *args], capture_output=True, text=True,
+                            env=ENV, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    means = json.loads(result.stdout.split("MEANS", 1)[1].strip())
+    assert len(means) == 8
+    if sync_bn:  # normalized by the global batch: replica i's outputs keep its offset
+        assert np.ptp(means) > 1.0
+    else:  # each replica normalized by its own batch: zero mean everywhere
+        np.testing.assert_allclose(means, 0.0, atol=1e-4)
+
+
+def free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_multi_worker_two_processes_agree_on_the_weights(tmp_path):
+    ports = free_ports(2)
+    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+    workers = []
+    for index in range(2):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        workers.append(subprocess.Popen(
+            [sys.executable, "-m", "train", *SMOKE, "--strategy=multi_worker", "--per_replica_batch_size=8",
+             "--steps_per_epoch=3", "--epochs=2", f"--model_dir={tmp_path}"],
+            env={**ENV, "TF_CONFIG": tf_config}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [w.communicate(timeout=600) for w in workers]
+    for w, (out, err) in zip(workers, outputs):
+        assert w.returncode == 0, out[-2000:] + err[-4000:]
+    r = results(tmp_path)
+    assert (r["replicas"], r["global_batch_size"], r["epochs_completed"]) == (2, 16, 2)
+    import h5py
+
+    def weights(path):
+        with h5py.File(path) as f:
+            arrays = []
+            f.visititems(lambda name, obj: arrays.append((name, obj[()])) if isinstance(obj, h5py.Dataset) else None)
+            return arrays
+
+    chief, other = weights(tmp_path / "final.weights.h5"), weights(tmp_path / "worker_1" / "final.weights.h5")
+    assert len(chief) == len(other) > 50
+    for (name, a), (_, b) in zip(chief, other):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def test_killed_run_resumes_without_duplicated_or_lost_epochs(tmp_path):
+    args = [*SMOKE, "--per_replica_batch_size=32", "--steps_per_epoch=30", "--epochs=3", f"--model_dir={tmp_path}"]
+    process = subprocess.Popen([sys.executable, "-m", "train", *args], env=ENV,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    history = tmp_path / "history.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (history.exists() and "0" in json.loads(history.read_text() or "{}")):
+        time.sleep(0.2)
+    time.sleep(1.0)  # into the second epoch
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = json.loads(history.read_text())
+    assert list(done) == ["0"], f"killed after epochs {list(done)}: make the epochs longer"
+    resumed = train(*args)
+    assert "Epoch 2/3" in resumed.stdout and "Epoch 1/3" not in resumed.stdout  # from the backup
+    r = results(tmp_path)
+    assert r["epochs_completed"] == 3 and r["total_steps"] == 90
+    assert [h["steps"] for h in r["history"]] == [30, 30, 30]
+    rows = (tmp_path / "log.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in rows[1:]] == ["0", "1", "2"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model=resnet51_gn"], "--model=resnet51_gn is not a zoo model; valid: "),
+    (["--dataset=folder"], "--dataset=folder needs --data_dir"),
+    (["--dataset=cifar11"], "--dataset=cifar11 is not a TFDS dataset"),
+    (["--fake_data", "--per_replica_batch_size=2000"], "more than the 1024 training examples"),
+    (["--num_cpu_devices=4"], "--num_cpu_devices needs --strategy=mirrored"),
+])
+def test_bad_flags_fail_at_start_with_what_is_valid(tmp_path, args, message):
+    result = train(f"--model_dir={tmp_path}", *args, check=False, timeout=300)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
