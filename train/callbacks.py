@@ -40,13 +40,20 @@ class EpochLog(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
+        self._train_end = None
         self._learning_rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
+    def on_test_begin(self, logs=None):  # the epoch's evaluation starts
+        if self._train_end is None:
+            self._train_end = time.perf_counter()
+
     def on_epoch_end(self, epoch, logs=None):
-        seconds = time.perf_counter() - self._start
+        end = time.perf_counter()
+        train_seconds = (self._train_end or end) - self._start
         record = {k: float(v) for k, v in (logs or {}).items()}
-        record.update(epoch_seconds=seconds, steps=self.steps_per_epoch,
-                      images_per_second=self.global_batch * self.steps_per_epoch / seconds,
+        record.update(epoch_seconds=end - self._start, train_seconds=train_seconds,
+                      steps=self.steps_per_epoch,
+                      images_per_second=self.global_batch * self.steps_per_epoch / train_seconds,
                       learning_rate=self._learning_rate)  # at the epoch's start
         self.history[epoch] = record
         _write_atomically(self.json_path, json.dumps(self.history, indent=1))
