@@ -126,6 +126,8 @@ def build_model(recipe, num_classes):
                            input_shape=(size, size, 3), **options)
         model = finetune.with_new_head(backbone, num_classes, classifier_activation=None)
         logits = model(prep(inputs))
+        print(f"Fine-tuning from {FLAGS.init}: {len(backbone.weights)} backbone weights loaded, "
+              f"a new {num_classes}-class head, no weight decay on gamma/beta.", flush=True)
     else:
         model = builder(input_tensor=_dataset_preprocessing(recipe)(inputs), classes=num_classes,
                         classifier_activation=None, **options)

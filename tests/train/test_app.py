@@ -178,3 +178,15 @@ def test_bad_flags_fail_at_start_with_what_is_valid(tmp_path, args, message):
     result = train(f"--model_dir={tmp_path}", *args, check=False, timeout=300)
     assert result.returncode != 0
     assert message in result.stdout + result.stderr
+
+
+def test_mixed_precision_and_fine_tuning_from_zoo_weights(tmp_path):
+    import zoo
+
+    zoo.resnet20_gn().save_weights(tmp_path / "pretrained.weights.h5")
+    run = train(*SMOKE, "--mixed_precision=mixed_bfloat16", f"--init={tmp_path / 'pretrained.weights.h5'}",
+                "--per_replica_batch_size=8", "--steps_per_epoch=2", "--epochs=1", f"--model_dir={tmp_path / 'run'}")
+    assert "backbone weights loaded, a new 10-class head, no weight decay on gamma/beta" in run.stdout
+    r = results(tmp_path / "run")
+    assert r["flags"]["mixed_precision"] == "mixed_bfloat16" and r["epochs_completed"] == 1
+    assert np.isfinite(r["history"][0]["loss"])
