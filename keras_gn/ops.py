@@ -2,10 +2,10 @@
 
 Everything in keras_gn that normalizes by groups goes through this module:
 the `GroupNormalization` layer calls `group_norm`, and the checks on a group
-configuration (`resolve_groups`) are shared by the layer and by
-`convert_bn_to_gn`.
+configuration (`check_grouping_arguments`, `resolve_groups`) are shared by
+the layer, `convert_bn_to_gn` and the zoo.
 
-Numerical guarantees of `group_norm`:
+Numerical guarantees of the composite recipe:
 
 - Statistics are computed in float32 for float16, bfloat16 and float32 inputs
   (float64 for float64 inputs). Half-precision inputs are cast up before any
@@ -23,7 +23,9 @@ Numerical guarantees of `group_norm`:
 
 `group_norm(..., implementation=...)` runs either this composite recipe or the
 fused C++ kernel (`keras_gn.fused`, source in `custom_ops/`), which computes
-the same function with the same guarantees; `resolve_implementation` decides.
+the same function with the same guarantees by other means (one pass over
+data shifted by one of its own values, combined per group in float64);
+`resolve_implementation` decides.
 """
 
 import functools
