@@ -41,6 +41,7 @@ flags.DEFINE_list("per_replica_batch_sizes", ["32", "16", "8", "4", "2"], "Image
 flags.DEFINE_list("norms", ["bn", "gn"], "Normalizations.")
 flags.DEFINE_list("seeds", ["0"], "Seeds.")
 flags.DEFINE_integer("replicas", 8, "Logical CPU devices (replicas), as the paper's 8 GPUs.")
+flags.DEFINE_integer("steps_per_execution", 20, "Passed to train: 2.5x faster at 2 images per replica on CPU.")
 flags.DEFINE_string("results", "docs/batch_size_sweep.jsonl", "The results file (JSON lines).")
 flags.DEFINE_string("runs_dir", "runs/sweep", "Where the runs' model directories go.")
 flags.DEFINE_string("output_dir", "docs", "Where `report` writes its files.")
@@ -84,7 +85,8 @@ def train_command(config, model_dir):
     command = [sys.executable, "-m", "train", "--model=resnet20_gn", f"--norm={config.norm}",
                "--recipe=cifar", f"--base_learning_rate={base_learning_rate(FLAGS.replicas)}", "--strategy=mirrored",
                f"--num_cpu_devices={FLAGS.replicas}", f"--per_replica_batch_size={config.per_replica_batch_size}",
-               f"--epochs={config.epochs}", f"--seed={config.seed}", f"--model_dir={model_dir}", "--verbose=2"]
+               f"--epochs={config.epochs}", f"--seed={config.seed}", f"--model_dir={model_dir}", "--verbose=2",
+               f"--steps_per_execution={FLAGS.steps_per_execution}"]
     if FLAGS.fake_data:
         command.append("--fake_data")
     else:
