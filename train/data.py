@@ -46,7 +46,7 @@ def _decode(path, label):
 def image_folder(path):
     """An image folder: `train/<class>/*` and `test/<class>/*` (or `val/`),
     as a directory or a tar archive (extracted to a temporary directory)."""
-    root = pathlib.Path(path)
+    root = name = pathlib.Path(path)
     if not root.exists():
         raise ValueError(f"--data_dir={path} does not exist.")
     if root.is_file():
@@ -80,7 +80,7 @@ def image_folder(path):
 
     train, n_train = listing(root / "train")
     test, n_test = listing(test_dir)
-    return Source(train, test, len(classes), n_train, n_test, f"folder:{root.name}")
+    return Source(train, test, len(classes), n_train, n_test, f"folder:{name.name}")
 
 
 def tfds_dataset(name, data_dir=None):
