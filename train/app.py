@@ -81,6 +81,11 @@ def _validate_and_recipe():
         _fail(f"--per_replica_batch_size={FLAGS.per_replica_batch_size} must be at least 1.")
     if FLAGS.strategy != "mirrored" and FLAGS.num_cpu_devices > 1:
         _fail("--num_cpu_devices needs --strategy=mirrored.")
+    if FLAGS.init and not os.path.exists(FLAGS.init):
+        try:
+            zoo.weights.resolve(FLAGS.model, FLAGS.init)
+        except ValueError as error:
+            _fail(f"--init={FLAGS.init}: {error}")
     name = FLAGS.recipe
     if name is None:
         cifar_model = zoo.default_image_size(FLAGS.model) == 32

@@ -173,6 +173,7 @@ def test_killed_run_resumes_without_duplicated_or_lost_epochs(tmp_path):
     (["--dataset=cifar11"], "--dataset=cifar11 is not a TFDS dataset"),
     (["--fake_data", "--per_replica_batch_size=2000"], "more than the 1024 training examples"),
     (["--num_cpu_devices=4"], "--num_cpu_devices needs --strategy=mirrored"),
+    (["--init=in1k_nothing"], "--init=in1k_nothing: weights='in1k_nothing' is neither None"),
 ])
 def test_bad_flags_fail_at_start_with_what_is_valid(tmp_path, args, message):
     result = train(f"--model_dir={tmp_path}", *args, check=False, timeout=300)
