@@ -128,7 +128,7 @@ def build_model(recipe, num_classes):
                    sync_bn=FLAGS.sync_bn)
     if FLAGS.init:
         tag = None if os.path.exists(FLAGS.init) else zoo.weights.resolve(FLAGS.model, FLAGS.init).tag
-        prep = zoo.Preprocessing.for_weights(tag) if tag else _dataset_preprocessing(recipe)
+        prep = zoo.Preprocessing.for_weights(tag) if tag else recipes.preprocessing(recipe)
         backbone = builder(include_top=False, pooling="avg", weights=FLAGS.init,
                            input_shape=(size, size, 3), **options)
         model = finetune.with_new_head(backbone, num_classes, classifier_activation=None)
@@ -136,20 +136,11 @@ def build_model(recipe, num_classes):
         print(f"Fine-tuning from {FLAGS.init}: {len(backbone.weights)} backbone weights loaded, "
               f"a new {num_classes}-class head, no weight decay on gamma/beta.", flush=True)
     else:
-        model = builder(input_tensor=_dataset_preprocessing(recipe)(inputs), classes=num_classes,
+        model = builder(input_tensor=recipes.preprocessing(recipe)(inputs), classes=num_classes,
                         classifier_activation=None, **options)
         logits = model.output
     logits = keras.layers.Activation("linear", dtype="float32", name="logits")(logits)
     return keras.Model(inputs, logits, name=f"{FLAGS.model}_{FLAGS.norm}")
-
-
-def _dataset_preprocessing(recipe):
-    import zoo
-
-    if recipe.name == "cifar":  # CIFAR-10 channel statistics
-        return zoo.Preprocessing("RGB", 255.0, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
-                                 name="preprocessing")
-    return zoo.Preprocessing(name="preprocessing")  # ImageNet mean/std
 
 
 def main(argv):

@@ -37,15 +37,28 @@ class Recipe:
     weight_decay: float
     image_size: int
     eval_resize: int  # shorter side before the center crop (0: no crop)
+    mean: tuple  # RGB input normalization (of values in [0, 1]) inside the model
+    std: tuple
 
 
 IMAGENET = Recipe("imagenet", epochs=100, per_replica_batch_size=32, base_learning_rate=0.1,
                   reference_batch=256, decay_at=(0.3, 0.6, 0.9), weight_decay=1e-4,
-                  image_size=224, eval_resize=256)
+                  image_size=224, eval_resize=256,
+                  mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 CIFAR = Recipe("cifar", epochs=160, per_replica_batch_size=128, base_learning_rate=0.1,
                reference_batch=128, decay_at=(0.5, 0.75), weight_decay=1e-4,
-               image_size=32, eval_resize=0)
+               image_size=32, eval_resize=0,
+               mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616))  # CIFAR-10
 RECIPES = {r.name: r for r in (IMAGENET, CIFAR)}
+
+
+def preprocessing(recipe):
+    """The `zoo.Preprocessing` layer a model trained from scratch starts
+    with: RGB [0, 255] -> (x / 255 - mean) / std with the recipe's dataset
+    statistics (ImageNet's, or CIFAR-10's)."""
+    import zoo
+
+    return zoo.Preprocessing("RGB", 255.0, recipe.mean, recipe.std, name="preprocessing")
 
 
 def learning_rate(recipe, global_batch, base_learning_rate=None):

@@ -7,22 +7,24 @@ def channel_axis():
     return -1 if keras.config.image_data_format() == "channels_last" else 1
 
 
-def model_inputs(input_tensor, input_shape, default_shape):
+def model_inputs(input_tensor, input_shape, default_shape, preprocessing=None):
     """`(inputs, x)` as keras.applications builders take them.
 
     `input_shape` is channels-last or channels-first like the global image
-    data format; `default_shape` is channels-last.
+    data format; `default_shape` is channels-last. `preprocessing`: an
+    optional layer applied to the input (`x` is its output).
     """
     if input_shape is None:
         input_shape = default_shape
         if channel_axis() == 1:
             input_shape = (default_shape[-1],) + tuple(default_shape[:-1])
     if input_tensor is None:
-        x = keras.Input(shape=input_shape)
-        return x, x
-    if not keras.backend.is_keras_tensor(input_tensor):
-        input_tensor = keras.Input(tensor=input_tensor, shape=input_shape)
-    return keras.utils.get_source_inputs(input_tensor), input_tensor
+        inputs = x = keras.Input(shape=input_shape)
+    else:
+        if not keras.backend.is_keras_tensor(input_tensor):
+            input_tensor = keras.Input(tensor=input_tensor, shape=input_shape)
+        inputs, x = keras.utils.get_source_inputs(input_tensor), input_tensor
+    return inputs, (preprocessing(x) if preprocessing is not None else x)
 
 
 def padded_conv(x, filters, kernel_size, strides=1, name=None):
@@ -71,6 +73,7 @@ def variant(build, arch, doc, classes, **config):
         norm="gn",
         groups=32,
         group_size=None,
+        include_preprocessing=None,
         name=arch,
         **kwargs,
     ):
@@ -78,7 +81,8 @@ def variant(build, arch, doc, classes, **config):
             include_top=include_top, weights=weights, input_tensor=input_tensor,
             input_shape=input_shape, pooling=pooling, classes=classes,
             classifier_activation=classifier_activation, norm=norm, groups=groups,
-            group_size=group_size, name=name, **config, **kwargs,
+            group_size=group_size, include_preprocessing=include_preprocessing, name=name,
+            **config, **kwargs,
         )
 
     builder.__name__ = builder.__qualname__ = arch
@@ -107,4 +111,11 @@ BUILDER_ARGS_DOC = """include_top: whether to include the classifier. Defaults t
             `keras_gn.convert.choose_groups`. Defaults to `32`.
         group_size: GN channels per group instead of `groups`. Defaults to
             `None`.
+        include_preprocessing: whether the model starts with a
+            `zoo.Preprocessing` layer holding the weights' normalization,
+            so that it takes RGB values in [0, 255]. `None` follows the
+            weights: `True` for weights trained that way (the zoo's
+            `"cifar10"` weights), else `False`. `True` with other
+            registered weights adds their `preprocess_input` as a layer.
+            Defaults to `None`.
         name: model name. Defaults to `"{arch}"`."""

@@ -29,6 +29,7 @@ from zoo import common
 from zoo import weights as weights_lib
 from zoo.norms import check_norm
 from zoo.norms import norm_layer
+from zoo.preprocessing import input_preprocessing
 
 
 def _block(x, filters, strides, bottleneck, zero_init_last, name, norm_kwargs):
@@ -79,6 +80,7 @@ def ResNet(
     epsilon=1e-5,
     zero_init_last=True,
     sync_bn=False,
+    include_preprocessing=None,
     name="resnet",
 ):
     """The configurable ResNet; the named variants only pick its arguments.
@@ -100,6 +102,8 @@ def ResNet(
             branch. Defaults to `True`.
         sync_bn: bool, with `norm="bn"`: synchronize BN statistics across
             replicas. Defaults to `False` (per replica, as in the paper).
+        include_preprocessing: see the named variants. Defaults to `None`
+            (as the weights were trained).
         name: model name, and the architecture name weights are looked up
             under.
     """
@@ -107,7 +111,8 @@ def ResNet(
     default_shape = (32, 32, 3) if stem == "cifar" else (224, 224, 3)
     if not include_top and input_shape is None and input_tensor is None:
         default_shape = (None, None, 3)
-    inputs, x = common.model_inputs(input_tensor, input_shape, default_shape)
+    preprocessing = input_preprocessing(name, weights, include_preprocessing)
+    inputs, x = common.model_inputs(input_tensor, input_shape, default_shape, preprocessing)
     axis = common.channel_axis()
     norm_kwargs = dict(norm=norm, groups=groups, group_size=group_size, epsilon=epsilon,
                        sync_bn=sync_bn)

@@ -13,6 +13,7 @@ from zoo import common
 from zoo import weights as weights_lib
 from zoo.norms import check_norm
 from zoo.norms import norm_layer
+from zoo.preprocessing import input_preprocessing
 
 VGG16_STAGES = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
 
@@ -33,6 +34,7 @@ def VGG(
     epsilon=1e-5,
     dropout=0.5,
     sync_bn=False,
+    include_preprocessing=None,
     default_input_shape=(224, 224, 3),
     name="vgg",
 ):
@@ -42,7 +44,8 @@ def VGG(
     check_norm(norm)
     if not include_top and input_shape is None and input_tensor is None:
         default_input_shape = (None, None, 3)
-    inputs, x = common.model_inputs(input_tensor, input_shape, default_input_shape)
+    preprocessing = input_preprocessing(name, weights, include_preprocessing)
+    inputs, x = common.model_inputs(input_tensor, input_shape, default_input_shape, preprocessing)
     axis = common.channel_axis()
     for b, (filters, convs) in enumerate(stages, start=1):
         for i in range(1, convs + 1):

@@ -9,7 +9,10 @@ preprocessing). Its `format` says how the file is read: `keras` for a
 `.weights.h5` of the zoo model, or one of the converters' sources
 (`detectron`, `tensorpack`, `timm`), converted on first use and cached.
 An entry with `packaged` names a file shipped in `zoo/pretrained/` instead
-of a URL.
+of a URL; its sha256 is checked when it is loaded. Entries whose
+`preprocessing.inside_model` is true were trained with their normalization
+inside the model: builders then add a `zoo.Preprocessing` layer after the
+input (see `include_preprocessing`), so the model takes RGB in [0, 255].
 """
 
 import dataclasses
@@ -60,6 +63,7 @@ class WeightsEntry:
     verification: str = None  # what is checked where sha256 is null
     packaged: str = None
     default_for: str = None  # "imagenet" or "cifar10"
+    training: dict = None  # how weights trained here were made (train.publish)
     notes: str = ""
 
     @property
@@ -78,6 +82,8 @@ def _entry(record):
         raise ValueError(f"weights {entry.tag}: needs `packaged` or `url` + `filename`")
     if not (entry.sha256 or entry.verification):
         raise ValueError(f"weights {entry.tag}: needs a sha256, or a `verification` note")
+    if entry.packaged and not entry.sha256:
+        raise ValueError(f"weights {entry.tag}: packaged weights need their sha256")
     return entry
 
 
@@ -149,6 +155,13 @@ def weights_file(entry):
             raise FileNotFoundError(
                 f"The packaged weights {path} of {entry.tag} are missing; reinstall keras-gn."
             )
+        digest = sha256_of(path) if entry.sha256 else None
+        if digest != entry.sha256:
+            raise ValueError(
+                f"The packaged weights {path} of {entry.tag} are corrupt: their sha256 "
+                f"{digest} is not the registered {entry.sha256}. Reinstall keras-gn "
+                "(pip install --force-reinstall keras-gn, or git checkout the file)."
+            )
         return path
     if entry.format == "keras":
         return download.fetch(entry.url, entry.filename, entry.sha256, validate=_check_h5)
@@ -166,10 +179,14 @@ def weights_file(entry):
     return converted
 
 
+def sha256_of(path):
+    return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
+
+
 def _check_sha256_prefix(path, entry):
     if not entry.sha256_prefix:
         return
-    digest = hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
+    digest = sha256_of(path)
     if not digest.startswith(entry.sha256_prefix):
         raise ValueError(
             f"{path}: sha256 {digest} does not start with the published {entry.sha256_prefix}"

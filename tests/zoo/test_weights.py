@@ -25,7 +25,10 @@ def test_the_registry_is_consistent():
     assert set(zoo.list_weights()) == set(registry)
     for tag, e in registry.items():
         assert e.arch in zoo.list_models(), tag
-        assert e.url.startswith("http") and e.filename and (e.sha256 or e.verification)
+        if e.packaged:
+            assert e.sha256 == weights_lib.sha256_of(weights_lib.PACKAGED_DIR / e.packaged), tag
+        else:
+            assert e.url.startswith("http") and e.filename and (e.sha256 or e.verification)
         assert e.preprocessing.color in ("RGB", "BGR") and len(e.preprocessing.mean) == 3
     defaults = [(e.arch, e.default_for) for e in registry.values() if e.default_for]
     assert len(defaults) == len(set(defaults))
@@ -150,9 +153,66 @@ def test_packaged_weights(tmp_path, monkeypatch, registry_with):
     monkeypatch.setattr(weights_lib, "PACKAGED_DIR", tmp_path)
     registry_with(entry("resnet20_gn.shipped", classes=10, packaged="r20.weights.h5", sha256=sha256(tmp_path / "r20.weights.h5")))
     np.testing.assert_array_equal(zoo.resnet20_gn(weights="shipped").get_layer("conv1_conv").kernel, 0.5)
-    registry_with(entry("resnet20_gn.gone", classes=10, packaged="missing.weights.h5", verification="-"))
+    registry_with(entry("resnet20_gn.gone", classes=10, packaged="missing.weights.h5", sha256="0" * 64))
     with pytest.raises(FileNotFoundError, match="missing.weights.h5 of resnet20_gn.gone are missing"):
         zoo.resnet20_gn(weights="gone")
+
+
+def test_corrupt_packaged_weights_say_to_reinstall(tmp_path, monkeypatch, registry_with):
+    zoo.resnet20_gn().save_weights(tmp_path / "r20.weights.h5")
+    monkeypatch.setattr(weights_lib, "PACKAGED_DIR", tmp_path)
+    registry_with(entry("resnet20_gn.shipped", classes=10, packaged="r20.weights.h5",
+                       sha256=sha256(tmp_path / "r20.weights.h5")))
+    with open(tmp_path / "r20.weights.h5", "r+b") as f:
+        f.seek(4000)
+        f.write(b"\xff" * 16)
+    with pytest.raises(ValueError, match=r"r20.weights.h5 of resnet20_gn.shipped are corrupt: their sha256 "
+                                         r"[0-9a-f]{64} is not the registered .*Reinstall keras-gn"):
+        zoo.resnet20_gn(weights="shipped")
+
+
+def test_packaged_weights_need_a_sha256(registry_with):
+    registry_with(entry("resnet20_gn.unchecked", packaged="r20.weights.h5", verification="trust me"))
+    with pytest.raises(ValueError, match="resnet20_gn.unchecked: packaged weights need their sha256"):
+        weights_lib.registry()
+
+
+def test_include_preprocessing(tmp_path, monkeypatch, registry_with):
+    zoo.resnet20_gn().save_weights(tmp_path / "r20.weights.h5")
+    monkeypatch.setattr(weights_lib, "PACKAGED_DIR", tmp_path)
+    digest = sha256(tmp_path / "r20.weights.h5")
+    inside = dict(color="RGB", scale=255.0, mean=[0.4, 0.5, 0.6], std=[0.2, 0.25, 0.3], inside_model=True)
+    registry_with(entry("resnet20_gn.inside", classes=10, packaged="r20.weights.h5", sha256=digest,
+                        preprocessing=inside),
+                  entry("resnet20_gn.outside", classes=10, packaged="r20.weights.h5", sha256=digest,
+                        preprocessing=dict(color="BGR", scale=1.0, mean=[1, 2, 3], std=[1, 1, 1])))
+    # None follows the weights: inside the model only for weights trained so.
+    layer = zoo.resnet20_gn(weights="inside").get_layer("preprocessing")
+    assert (layer.color, layer.mean, layer.std) == ("RGB", (0.4, 0.5, 0.6), (0.2, 0.25, 0.3))
+    assert "preprocessing" not in [x.name for x in zoo.resnet20_gn(weights="outside").layers]
+    assert "preprocessing" not in [x.name for x in zoo.resnet20_gn(weights="inside", include_preprocessing=False).layers]
+    # True adds any registered weights' preprocess_input as a layer.
+    model = zoo.resnet20_gn(weights="outside", include_preprocessing=True)
+    images = np.random.default_rng(1).uniform(0, 255, (1, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(model.get_layer("preprocessing")(images),
+                               zoo.preprocess_input(images, "resnet20_gn.outside"), rtol=1e-6)
+    with pytest.raises(ValueError, match=r"include_preprocessing=True needs registered weights .* weights=None"):
+        zoo.resnet20_gn(include_preprocessing=True)
+    with pytest.raises(ValueError, match=r"include_preprocessing=True needs registered weights"):
+        zoo.vgg16_cifar_gn(include_preprocessing=True)
+
+
+def test_preprocessing_layer_channels_first_and_serialization():
+    import keras
+
+    layer = zoo.Preprocessing("BGR", 255.0, (0.1, 0.2, 0.3), (0.5, 0.5, 0.5), data_format="channels_first")
+    images = np.random.default_rng(3).uniform(0, 255, (2, 3, 4, 4)).astype("float32")
+    expected = (images[:, ::-1] / 255 - np.array([0.1, 0.2, 0.3])[:, None, None]) / 0.5
+    np.testing.assert_allclose(layer(images), expected, rtol=1e-5, atol=1e-6)
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert clone.get_config() == layer.get_config() and clone.data_format == "channels_first"
+    with pytest.raises(ValueError, match="data_format='NHWC' is not one of 'channels_last', 'channels_first'"):
+        zoo.Preprocessing(data_format="NHWC")
 
 
 def test_preprocess_input():

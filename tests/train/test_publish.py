@@ -1,0 +1,105 @@
+"""Tests of `train.publish`: a real (tiny) training run is measured, written
+into a temporary zoo registry and loaded back through the zoo builder; runs
+that cannot be shipped are refused with the reason."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import zoo
+from tests.train.test_app import SMOKE
+from tests.train.test_app import train
+from train import publish as publish_lib
+from zoo import weights as weights_lib
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One epoch on the 1024 fake images: the whole split is evaluated."""
+    model_dir = tmp_path_factory.mktemp("run")
+    train(*SMOKE, "--per_replica_batch_size=256", "--epochs=1", f"--model_dir={model_dir}")
+    return model_dir
+
+
+@pytest.fixture
+def zoo_dirs(tmp_path, monkeypatch):
+    """The registry (a copy of the real one) and pretrained/ in tmp_path."""
+    registry = tmp_path / "weights_registry.json"
+    shutil.copy(weights_lib.REGISTRY_FILE, registry)
+    monkeypatch.setattr(weights_lib, "REGISTRY_FILE", registry)
+    monkeypatch.setattr(weights_lib, "PACKAGED_DIR", tmp_path / "pretrained")
+    weights_lib.registry.cache_clear()
+    yield registry, tmp_path / "pretrained"
+    weights_lib.registry.cache_clear()
+
+
+def run_copy(finished_run, tmp_path, **flag_changes):
+    model_dir = tmp_path / "copy"
+    shutil.copytree(finished_run, model_dir)
+    results = json.loads((model_dir / "results.json").read_text())
+    results["flags"].update(flag_changes)
+    (model_dir / "results.json").write_text(json.dumps(results))
+    return model_dir
+
+
+def test_a_run_is_measured_registered_and_loadable(finished_run, zoo_dirs):
+    registry, pretrained = zoo_dirs
+    run = json.loads((finished_run / "results.json").read_text())
+    entry = publish_lib.publish(str(finished_run), "fake", dataset_name="fake", default_for="cifar10")
+
+    assert entry["tag"] == "resnet20_gn.fake" and entry["packaged"] == "resnet20_gn.fake.weights.h5"
+    assert entry["metric"]["top1_accuracy"] == pytest.approx(100 * run["history"][-1]["val_accuracy"], abs=0.05)
+    assert entry["sha256"] == weights_lib.sha256_of(pretrained / entry["packaged"])
+    assert entry["preprocessing"]["inside_model"] and entry["training"]["epochs"] == 1
+    assert "--per_replica_batch_size=256" in entry["training"]["command"]
+    assert [r for r in json.loads(registry.read_text()) if r["tag"] == "resnet20_gn.fake"] == [entry]
+
+    model = zoo.resnet20_gn(weights="cifar10")  # the default for cifar10 now
+    assert isinstance(model.get_layer("preprocessing"), zoo.Preprocessing)
+    assert model.get_layer("preprocessing").mean == tuple(entry["preprocessing"]["mean"])
+    features = zoo.resnet20_gn(weights="fake", include_top=False, pooling="avg")
+    assert features.layers[1].name == "preprocessing" and features.output_shape == (None, 64)
+    plain = zoo.resnet20_gn(weights="fake", include_preprocessing=False)
+    assert "preprocessing" not in [layer.name for layer in plain.layers]
+    images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype("float32")
+    normalized = (images / 255 - np.array(entry["preprocessing"]["mean"])) / entry["preprocessing"]["std"]
+    np.testing.assert_allclose(plain.predict_on_batch(normalized), model.predict_on_batch(images), atol=1e-5)
+
+
+def test_publishing_again_replaces_the_entry(finished_run, zoo_dirs):
+    registry, _ = zoo_dirs
+    publish_lib.publish(str(finished_run), "fake", dataset_name="fake")
+    publish_lib.publish(str(finished_run), "fake", dataset_name="fake")
+    assert [r["tag"] for r in json.loads(registry.read_text())].count("resnet20_gn.fake") == 1
+
+
+def test_weights_that_are_not_the_runs_are_refused(finished_run, zoo_dirs, tmp_path):
+    registry, _ = zoo_dirs
+    before = registry.read_text()
+    model_dir = run_copy(finished_run, tmp_path)
+    # The run's record says 20 points more than these weights reach (as when
+    # final.weights.h5 was overwritten, or another run's data is given).
+    results = json.loads((model_dir / "results.json").read_text())
+    results["history"][-1]["val_accuracy"] += 0.2
+    (model_dir / "results.json").write_text(json.dumps(results))
+    with pytest.raises(publish_lib.PublishError, match="these are not the weights the run evaluated"):
+        publish_lib.publish(str(model_dir), "fake")
+    assert registry.read_text() == before
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(norm="bn"), r"--norm=bn; zoo weights are for the builders' defaults"),
+    (dict(groups=16), r"--groups=16"),
+    (dict(init="resnet50_gn.in1k_detectron"), "fine-tuned from --init=resnet50_gn.in1k_detectron"),
+    (dict(steps_per_epoch=4), r"smoke run \(--steps_per_epoch=4\)"),
+])
+def test_runs_that_cannot_be_shipped(finished_run, zoo_dirs, tmp_path, changes, message):
+    with pytest.raises(publish_lib.PublishError, match=message):
+        publish_lib.publish(str(run_copy(finished_run, tmp_path, **changes)), "fake")
+
+
+def test_an_unfinished_run_says_so(tmp_path, zoo_dirs):
+    with pytest.raises(publish_lib.PublishError, match="is not a finished `python -m train` run"):
+        publish_lib.publish(str(tmp_path), "fake")

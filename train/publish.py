@@ -1,0 +1,228 @@
+"""Ships a finished training run's weights in the zoo.
+
+    python -m train.publish --model_dir=runs/resnet20_gn_cifar10 --tag=cifar10 \\
+        --data_dir=../shared/data/cifar10-jpeg.tar.gz --default_for=cifar10
+
+Reads the run's `results.json`, builds the zoo model it trained with the
+recipe's input normalization inside (a `zoo.Preprocessing` layer, so the
+model takes RGB values in [0, 255]), loads `final.weights.h5` and measures
+the top-1 accuracy on the whole test split. That accuracy must equal the
+run's last evaluation (otherwise the file is not this run's weights). Then
+it writes `zoo/pretrained/<arch>.<tag>.weights.h5`, registers it in
+`zoo/weights_registry.json` with its sha256, the measured accuracy and the
+training recipe, and checks that the written file and entry reproduce the
+model's outputs exactly. After that, `zoo.<arch>(weights="<tag>")` loads it.
+"""
+
+import dataclasses
+import json
+import os
+import pathlib
+import platform
+import sys
+
+from absl import app
+from absl import flags
+
+from train import recipe as recipes
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model_dir", None, "The finished run (its results.json and final.weights.h5).")
+flags.DEFINE_string("tag", None, "Weights name after the architecture: `<arch>.<tag>`, e.g. cifar10.")
+flags.DEFINE_string("data_dir", None, "The run's data (image folder / tar, or TFDS directory). "
+                    "Default: the run's --data_dir.")
+flags.DEFINE_string("dataset_name", "cifar10", "The dataset, as the registry names it.")
+flags.DEFINE_string("default_for", None, "Make these the weights `weights=\"<name>\"` loads (e.g. cifar10).")
+
+# How far the measured accuracy may be from the run's last evaluation: the
+# same weights on the same images differ at most by float round-off, which
+# can flip a near-tie (a few images in 10,000).
+ACCURACY_TOLERANCE = 0.0005
+ZOO_DEFAULTS = dict(norm="gn", groups=32, group_size=None)
+
+
+class PublishError(ValueError):
+    """The run cannot be shipped as it is; the message says why and what to do."""
+
+
+def read_run(model_dir):
+    path = pathlib.Path(model_dir) / "results.json"
+    if not path.exists():
+        raise PublishError(f"{path} does not exist: {model_dir} is not a finished `python -m train` "
+                           "run (results.json is written when training ends).")
+    run = json.loads(path.read_text())
+    run_flags = run["flags"]
+    for name, value in ZOO_DEFAULTS.items():
+        if run_flags.get(name) != value:
+            raise PublishError(f"The run used --{name}={run_flags.get(name)}; zoo weights are for the "
+                               f"builders' defaults ({ZOO_DEFAULTS}).")
+    if run_flags.get("init"):
+        raise PublishError(f"The run was fine-tuned from --init={run_flags['init']}; only runs trained "
+                           "from scratch (normalization from their recipe) can be shipped.")
+    if run_flags.get("steps_per_epoch"):
+        raise PublishError(f"The run is a smoke run (--steps_per_epoch={run_flags['steps_per_epoch']}): "
+                           "its evaluation did not cover the test split.")
+    if not (pathlib.Path(model_dir) / "final.weights.h5").exists():
+        raise PublishError(f"{model_dir}/final.weights.h5 is missing.")
+    return run
+
+
+def run_recipe(run):
+    """The run's recipe as it was recorded (the normalization constants
+    from the recipe of that name where an older run did not record them)."""
+    recorded = dict(run["recipe"])
+    recorded["decay_at"] = tuple(recorded["decay_at"])
+    for key in ("mean", "std"):
+        if key in recorded:
+            recorded[key] = tuple(recorded[key])
+    return dataclasses.replace(recipes.RECIPES[recorded["name"]], **recorded)
+
+
+def build(arch, recipe, num_classes):
+    """The zoo model with the recipe's normalization after its input."""
+    import keras
+
+    import zoo
+
+    inputs = keras.Input((recipe.image_size, recipe.image_size, 3), name="image")
+    return zoo.get_model(arch)(input_tensor=recipes.preprocessing(recipe)(inputs), classes=num_classes)
+
+
+def test_split(run, recipe, data_dir):
+    from train import data
+
+    run_flags = run["flags"]
+    if run_flags.get("fake_data"):
+        source = data.fake(run["num_classes"], recipe.image_size)
+    elif run_flags["dataset"] == "folder":
+        source = data.image_folder(data_dir or run_flags["data_dir"])
+    else:
+        source = data.tfds_dataset(run_flags["dataset"], data_dir or run_flags["data_dir"])
+    return data.pipelines(source, recipe, 250)[1], source.test_examples
+
+
+def accuracy(model, dataset, examples):
+    """Top-1 accuracy of `model` on `dataset`, with a progress bar."""
+    import keras
+    import numpy as np
+
+    correct = seen = 0
+    progress = keras.utils.Progbar(examples, unit_name="image")
+    for images, labels in dataset:
+        predictions = np.argmax(model.predict_on_batch(images), axis=-1)
+        correct += int(np.sum(predictions == labels.numpy()))
+        seen += len(predictions)
+        progress.update(seen)
+    return correct / seen
+
+
+def registry_entry(arch, tag, run, recipe, top1, sha256, filename, dataset_name, default_for):
+    run_flags = run["flags"]
+    command = ["python -m train"] + [f"--{k}={v}" for k, v in run_flags.items()
+                                     if v is not None and k not in ("model_dir", "data_dir", "verbose")]
+    return {
+        "tag": f"{arch}.{tag}",
+        "format": "keras",
+        "packaged": filename,
+        "sha256": sha256,
+        "source": "Trained with keras-gn (train/, python -m train); shipped with python -m train.publish.",
+        "license": "Apache-2.0",
+        "dataset": dataset_name,
+        "classes": run["num_classes"],
+        "metric": {
+            "top1_accuracy": round(100 * top1, 2),
+            "top1_error": round(100 * (1 - top1), 2),
+            "evaluation": f"all {run['test_examples']} test images, {recipe.image_size} px, no augmentation "
+                          "(measured by train.publish on the shipped file)",
+            "median_top1_error_last5": run["median_top1_error_last5"],
+        },
+        "input_size": recipe.image_size,
+        "crop_pct": recipe.image_size / recipe.eval_resize if recipe.eval_resize else 1.0,
+        "preprocessing": {"color": "RGB", "scale": 255.0, "mean": list(recipe.mean), "std": list(recipe.std),
+                          "inside_model": True},
+        "default_for": default_for,
+        "training": {
+            "command": " ".join(command),
+            "recipe": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(recipe).items()},
+            "replicas": run["replicas"],
+            "global_batch_size": run["global_batch_size"],
+            "peak_learning_rate": run["peak_learning_rate"],
+            "epochs": run["epochs_completed"],
+            "seed": run_flags["seed"],
+            "wall_hours": round(run["wall_seconds_all_runs"] / 3600, 2),
+            "images_per_second": round(run["images_per_second"], 1),
+            "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores",
+        },
+        "notes": "The model normalizes its own inputs: give it RGB values in [0, 255].",
+    }
+
+
+def publish(model_dir, tag, data_dir=None, dataset_name="cifar10", default_for=None):
+    """Measures, writes into `zoo/pretrained/` and registers a run's
+    weights; returns the registry entry."""
+    import numpy as np
+
+    from zoo import weights as weights_lib
+
+    registry_file, pretrained_dir = weights_lib.REGISTRY_FILE, weights_lib.PACKAGED_DIR
+    run = read_run(model_dir)
+    recipe, arch = run_recipe(run), run["flags"]["model"]
+    model = build(arch, recipe, run["num_classes"])
+    model.load_weights(pathlib.Path(model_dir) / "final.weights.h5")
+    dataset, run["test_examples"] = test_split(run, recipe, data_dir)
+    top1 = accuracy(model, dataset, run["test_examples"])
+    expected = run["history"][-1]["val_accuracy"]
+    if abs(top1 - expected) > ACCURACY_TOLERANCE:
+        raise PublishError(
+            f"{model_dir}/final.weights.h5 reaches {100 * top1:.2f}% on the test split, but the run's last "
+            f"evaluation was {100 * expected:.2f}%: these are not the weights the run evaluated, or the "
+            "data is not the run's (check --data_dir).")
+
+    filename = f"{arch}.{tag}.weights.h5"
+    pretrained_dir.mkdir(parents=True, exist_ok=True)
+    path = pretrained_dir / filename
+    model.save_weights(path)
+    entry = registry_entry(arch, tag, run, recipe, top1, weights_lib.sha256_of(path), filename,
+                           dataset_name, default_for)
+
+    old_registry = registry_file.read_text() if registry_file.exists() else None
+    records = json.loads(old_registry) if old_registry else []
+    if default_for:
+        for record in records:
+            if record["tag"].split(".", 1)[0] == arch and record.get("default_for") == default_for:
+                record["default_for"] = None
+    records = [r for r in records if r["tag"] != entry["tag"]] + [entry]
+    registry_file.write_text(json.dumps(records, indent=2) + "\n")
+    weights_lib.registry.cache_clear()
+
+    # What users load must reproduce the run's model exactly.
+    import zoo
+
+    images = next(iter(dataset))[0]
+    loaded = zoo.get_model(arch)(weights=entry["tag"], classes=run["num_classes"])
+    if not np.array_equal(loaded.predict_on_batch(images), model.predict_on_batch(images)):
+        if old_registry is None:
+            registry_file.unlink()
+        else:
+            registry_file.write_text(old_registry)
+        weights_lib.registry.cache_clear()
+        raise PublishError(f"zoo.{arch}(weights={entry['tag']!r}) does not reproduce the run's outputs; "
+                           "the registry was left as it was.")
+    return entry
+
+
+def main(argv):
+    del argv
+    if not (FLAGS.model_dir and FLAGS.tag):
+        raise app.UsageError("--model_dir and --tag are required.")
+    try:
+        entry = publish(FLAGS.model_dir, FLAGS.tag, FLAGS.data_dir, FLAGS.dataset_name, FLAGS.default_for)
+    except PublishError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+    print(f"{entry['tag']}: top-1 accuracy {entry['metric']['top1_accuracy']}% on "
+          f"{entry['metric']['evaluation']}; sha256 {entry['sha256']}; file {entry['packaged']}.")
+
+
+if __name__ == "__main__":
+    app.run(main)
