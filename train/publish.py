@@ -118,8 +118,10 @@ def accuracy(model, dataset, examples):
 
 def registry_entry(arch, tag, run, recipe, top1, sha256, filename, dataset_name, default_for):
     run_flags = run["flags"]
-    command = ["python -m train"] + [f"--{k}={v}" for k, v in run_flags.items()
-                                     if v is not None and k not in ("model_dir", "data_dir", "verbose")]
+    machine_specific = ("model_dir", "data_dir", "verbose")
+    command = ["python -m train"] + [
+        f"--{name}={value}" for name, value in run_flags.items()
+        if name not in machine_specific and not (value is None or value is False or value == "none")]
     return {
         "tag": f"{arch}.{tag}",
         "format": "keras",
