@@ -3,9 +3,9 @@
     python benchmarks/bench_training.py             # writes results
     python benchmarks/bench_training.py --quick     # tiny, no files
 
-Trains ResNet-50 (`keras.applications`, 224x224, 1000 classes) and a CIFAR
-ResNet-20 (32x32, 10 classes; He et al. 2016, 3 stages of 16/32/64 channels)
-on random data with SGD, in three versions of the same graph:
+Trains ResNet-50 (`keras.applications`, 224x224, 1000 classes) and the zoo's
+CIFAR ResNet-20 (`zoo.resnet20_gn(norm="bn")`: 32x32, 10 classes, He et al.
+2016) on random data with SGD, in three versions of the same graph:
 
 - Keras BN: the model as built, with `keras.layers.BatchNormalization`;
 - keras_gn GN: `keras_gn.convert_bn_to_gn(model)` (fused kernel where it runs);
@@ -28,34 +28,11 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_gn  # noqa: E402
+import zoo  # noqa: E402
 from keras_gn.rewrite import is_batch_norm  # noqa: E402
 from keras_gn.rewrite import rewrite_layers  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
-
-
-def cifar_resnet20(num_classes=10):
-    """He et al.'s CIFAR ResNet-20 (option B projection shortcuts), with BN."""
-
-    def conv_bn(x, filters, strides=1, relu=True):
-        x = keras.layers.Conv2D(filters, 3, strides, padding="same", use_bias=False)(x)
-        x = keras.layers.BatchNormalization(epsilon=1e-5)(x)
-        return keras.layers.ReLU()(x) if relu else x
-
-    inputs = keras.Input((32, 32, 3))
-    x = conv_bn(inputs, 16)
-    for stage, filters in enumerate((16, 32, 64)):
-        for block in range(3):
-            strides = 2 if stage > 0 and block == 0 else 1
-            shortcut = x
-            y = conv_bn(x, filters, strides)
-            y = conv_bn(y, filters, relu=False)
-            if strides != 1:
-                shortcut = keras.layers.Conv2D(filters, 1, strides, use_bias=False)(x)
-                shortcut = keras.layers.BatchNormalization(epsilon=1e-5)(shortcut)
-            x = keras.layers.ReLU()(keras.layers.Add()([shortcut, y]))
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    return keras.Model(inputs, keras.layers.Dense(num_classes)(x), name="resnet20")
 
 
 def to_keras_group_norm(model, groups):
@@ -99,7 +76,10 @@ def main():
     def resnet50():
         return keras.applications.ResNet50(weights=None, classifier_activation=None)
 
-    models = [("ResNet-20 (CIFAR)", cifar_resnet20, args.resnet20_batch)]
+    def resnet20():
+        return zoo.resnet20_gn(norm="bn", classifier_activation=None)
+
+    models = [("ResNet-20 (CIFAR)", resnet20, args.resnet20_batch)]
     if not args.quick:
         models.append(("ResNet-50 (ImageNet, 224 px)", resnet50, args.resnet50_batch))
     variants = [
