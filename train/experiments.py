@@ -134,20 +134,24 @@ def report(results, output_dir, name="batch_size_sweep"):
         writer.writeheader()
         writer.writerows(sorted(results, key=lambda r: (r["norm"], -r["per_replica_batch_size"], r["seed"])))
 
-    sizes = sorted({r["per_replica_batch_size"] for r in results}, reverse=True)
+    # Every size of the paper's figure, so that a sweep in progress shows its gaps.
+    sizes = sorted({r["per_replica_batch_size"] for r in results} | set(PAPER["bn"]), reverse=True)
 
     def cell(norm, size):
         errors = [r["median_test_error_last5"] for r in results
                   if r["norm"] == norm and r["per_replica_batch_size"] == size]
         return f"{sum(errors) / len(errors):.1f}" if errors else ""
 
-    epochs = sorted({r["epochs"] for r in results})
-    lines = [f"CIFAR-10 test error (%) of ResNet-20, median of the last 5 epochs, {epochs} epochs, "
-             f"8 replicas; the paper's ImageNet ResNet-50 top-1 error beside it.", "",
+    def listed(key):
+        return ", ".join(str(v) for v in sorted({r[key] for r in results}))
+
+    lines = [f"CIFAR-10 test error (%) of ResNet-20, median of the last 5 epochs (mean over seeds); "
+             f"epochs: {listed('epochs')}; seeds: {listed('seed')}; replicas: {listed('replicas')}; "
+             f"{len(results)} runs (- : not run yet). The paper's ImageNet ResNet-50 top-1 error beside it.", "",
              "| images per replica | " + " | ".join(str(s) for s in sizes) + " |",
              "| --- |" + " ---: |" * len(sizes)]
     for norm in ("bn", "gn"):
-        lines.append(f"| {norm.upper()} (this sweep) | " + " | ".join(cell(norm, s) for s in sizes) + " |")
+        lines.append(f"| {norm.upper()} (this sweep) | " + " | ".join(cell(norm, s) or "-" for s in sizes) + " |")
     for norm in ("bn", "gn"):
         lines.append(f"| {norm.upper()} (paper, ImageNet) | "
                      + " | ".join(str(PAPER[norm].get(s, "")) for s in sizes) + " |")
@@ -168,7 +172,7 @@ def report(results, output_dir, name="batch_size_sweep"):
     axis.invert_xaxis()
     axis.set_xlabel("images per replica (8 replicas)")
     axis.set_ylabel("test error (%)")
-    axis.set_title("ResNet-20 on CIFAR-10: BN vs GN")
+    axis.set_title(f"ResNet-20 on CIFAR-10, {listed('epochs')} epochs: BN vs GN")
     axis.legend()
     axis.grid(alpha=0.3)
     figure.tight_layout()

@@ -45,8 +45,9 @@ def test_report_writes_csv_table_and_figure(tmp_path):
                for b, e in zip((32, 8, 2), errors)]
     experiments.report(results, tmp_path)
     table = (tmp_path / "batch_size_sweep.md").read_text()
-    assert "| images per replica | 32 | 8 | 2 |" in table
-    assert "| BN (this sweep) | 8.0 | 9.0 | 20.0 |" in table
-    assert "| GN (paper, ImageNet) | 24.1 | 24.0 | 24.1 |" in table
+    assert "epochs: 30; seeds: 0; replicas: 8; 6 runs" in table
+    assert "| images per replica | 32 | 16 | 8 | 4 | 2 |" in table
+    assert "| BN (this sweep) | 8.0 | - | 9.0 | - | 20.0 |" in table
+    assert "| GN (paper, ImageNet) | 24.1 | 24.2 | 24.0 | 24.2 | 24.1 |" in table
     assert len((tmp_path / "batch_size_sweep.csv").read_text().splitlines()) == 7
     assert (tmp_path / "batch_size_sweep.png").read_bytes()[:4] == b"\x89PNG"
