@@ -129,8 +129,8 @@ def build_model(recipe, num_classes):
     if FLAGS.init:
         tag = None if os.path.exists(FLAGS.init) else zoo.weights.resolve(FLAGS.model, FLAGS.init).tag
         prep = zoo.Preprocessing.for_weights(tag) if tag else recipes.preprocessing(recipe)
-        backbone = builder(include_top=False, pooling="avg", weights=FLAGS.init,
-                           input_shape=(size, size, 3), **options)
+        backbone = builder(include_top=False, pooling="avg", weights=FLAGS.init,  # `prep` comes first
+                           input_shape=(size, size, 3), include_preprocessing=False, **options)
         model = finetune.with_new_head(backbone, num_classes, classifier_activation=None)
         logits = model(prep(inputs))
         print(f"Fine-tuning from {FLAGS.init}: {len(backbone.weights)} backbone weights loaded, "

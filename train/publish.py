@@ -27,12 +27,6 @@ from absl import flags
 from train import recipe as recipes
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model_dir", None, "The finished run (its results.json and final.weights.h5).")
-flags.DEFINE_string("tag", None, "Weights name after the architecture: `<arch>.<tag>`, e.g. cifar10.")
-flags.DEFINE_string("data_dir", None, "The run's data (image folder / tar, or TFDS directory). "
-                    "Default: the run's --data_dir.")
-flags.DEFINE_string("dataset_name", "cifar10", "The dataset, as the registry names it.")
-flags.DEFINE_string("default_for", None, "Make these the weights `weights=\"<name>\"` loads (e.g. cifar10).")
 
 # How far the measured accuracy may be from the run's last evaluation: the
 # same weights on the same images differ at most by float round-off, which
@@ -213,6 +207,18 @@ def publish(model_dir, tag, data_dir=None, dataset_name="cifar10", default_for=N
     return entry
 
 
+def define_flags():
+    """The command's flags; defined only when it runs as a command, so that
+    importing this module beside `train.app` or `train.experiments` (which
+    define `--model_dir`, `--data_dir`) does not clash."""
+    flags.DEFINE_string("model_dir", None, "The finished run (its results.json and final.weights.h5).")
+    flags.DEFINE_string("tag", None, "Weights name after the architecture: `<arch>.<tag>`, e.g. cifar10.")
+    flags.DEFINE_string("data_dir", None, "The run's data (image folder / tar, or TFDS directory). "
+                        "Default: the run's --data_dir.")
+    flags.DEFINE_string("dataset_name", "cifar10", "The dataset, as the registry names it.")
+    flags.DEFINE_string("default_for", None, "Make these the weights `weights=\"<name>\"` loads (e.g. cifar10).")
+
+
 def main(argv):
     del argv
     if not (FLAGS.model_dir and FLAGS.tag):
@@ -227,4 +233,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

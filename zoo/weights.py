@@ -155,7 +155,7 @@ def weights_file(entry):
             raise FileNotFoundError(
                 f"The packaged weights {path} of {entry.tag} are missing; reinstall keras-gn."
             )
-        digest = sha256_of(path) if entry.sha256 else None
+        digest = sha256_of(path)
         if digest != entry.sha256:
             raise ValueError(
                 f"The packaged weights {path} of {entry.tag} are corrupt: their sha256 "

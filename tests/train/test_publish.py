@@ -4,11 +4,15 @@ that cannot be shipped are refused with the reason."""
 
 import json
 import shutil
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
 
 import zoo
+from tests.train.test_app import ENV
 from tests.train.test_app import SMOKE
 from tests.train.test_app import train
 from train import publish as publish_lib
@@ -103,3 +107,42 @@ def test_runs_that_cannot_be_shipped(finished_run, zoo_dirs, tmp_path, changes, 
 def test_an_unfinished_run_says_so(tmp_path, zoo_dirs):
     with pytest.raises(publish_lib.PublishError, match="is not a finished `python -m train` run"):
         publish_lib.publish(str(tmp_path), "fake")
+
+
+FINE_TUNE_FROM_PUBLISHED = textwrap.dedent("""
+    import pathlib, sys
+    from absl import flags
+    from zoo import weights as weights_lib
+    weights_lib.REGISTRY_FILE, weights_lib.PACKAGED_DIR = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+    import zoo
+    from train import app, recipe
+    flags.FLAGS(["train", "--model=resnet20_gn", "--fake_data", "--init=resnet20_gn.fake"])
+    model = app.build_model(recipe.CIFAR, 10)
+
+    def preprocessing_layers(model):
+        for layer in model.layers:
+            if isinstance(layer, zoo.Preprocessing):
+                yield layer
+            elif hasattr(layer, "layers"):
+                yield from preprocessing_layers(layer)
+
+    print("PREPROCESSING", len(list(preprocessing_layers(model))))
+""")
+
+
+def test_fine_tuning_from_published_weights_normalizes_once(finished_run, zoo_dirs):
+    registry, pretrained = zoo_dirs
+    publish_lib.publish(str(finished_run), "fake", dataset_name="fake")
+    result = subprocess.run([sys.executable, "-c", FINE_TUNE_FROM_PUBLISHED, str(registry), str(pretrained)],
+                            capture_output=True, text=True, env=ENV, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "PREPROCESSING 1" in result.stdout
+
+
+def test_command_line(tmp_path):
+    command = [sys.executable, "-m", "train.publish"]
+    usage = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=300)
+    assert usage.returncode != 0 and "--model_dir and --tag are required" in usage.stderr
+    missing = subprocess.run(command + [f"--model_dir={tmp_path}", "--tag=x"], capture_output=True, text=True,
+                             env=ENV, timeout=300)
+    assert missing.returncode == 1 and "is not a finished `python -m train` run" in missing.stderr
