@@ -3,7 +3,7 @@
     # The paper's Figure 1 on CIFAR-10: ResNet-20, BN vs GN, 8 replicas,
     # 32/16/8/4/2 images per replica, learning rate 0.1 * N / 32.
     python -m train.experiments run --sweep=batch_size \\
-        --data_dir=../shared/data/cifar10-jpeg.tar.gz --epochs=30 \\
+        --data_dir=../shared/data/cifar10-jpeg.tar.gz --epochs=10 \\
         --results=docs/batch_size_sweep.jsonl --runs_dir=runs/sweep
 
     python -m train.experiments report --results=docs/batch_size_sweep.jsonl \\
@@ -35,7 +35,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_enum("sweep", "batch_size", ["batch_size"], "Which sweep to run.")
 flags.DEFINE_string("data_dir", None, "CIFAR-10 image folder or tar archive (run).")
 flags.DEFINE_bool("fake_data", False, "Random images instead of --data_dir (smoke tests).")
-flags.DEFINE_integer("epochs", 30, "Epochs per run.")
+flags.DEFINE_integer("epochs", 10, "Epochs per run (the committed sweep: 10, CPU budget).")
 flags.DEFINE_integer("steps_per_epoch", None, "Cap on steps per epoch (smoke tests).")
 flags.DEFINE_list("per_replica_batch_sizes", ["32", "16", "8", "4", "2"], "Images per replica.")
 flags.DEFINE_list("norms", ["bn", "gn"], "Normalizations.")
