@@ -82,7 +82,8 @@ def build(arch, recipe, num_classes):
     return zoo.get_model(arch)(input_tensor=recipes.preprocessing(recipe)(inputs), classes=num_classes)
 
 
-def test_split(run, recipe, data_dir):
+def evaluation_split(run, recipe, data_dir):
+    """The run's test split, prepared as the run evaluated it, and its size."""
     from train import data
 
     run_flags = run["flags"]
@@ -165,7 +166,7 @@ def publish(model_dir, tag, data_dir=None, dataset_name="cifar10", default_for=N
     recipe, arch = run_recipe(run), run["flags"]["model"]
     model = build(arch, recipe, run["num_classes"])
     model.load_weights(pathlib.Path(model_dir) / "final.weights.h5")
-    dataset, run["test_examples"] = test_split(run, recipe, data_dir)
+    dataset, run["test_examples"] = evaluation_split(run, recipe, data_dir)
     top1 = accuracy(model, dataset, run["test_examples"])
     expected = run["history"][-1]["val_accuracy"]
     if abs(top1 - expected) > ACCURACY_TOLERANCE:
@@ -225,7 +226,7 @@ def main(argv):
         raise app.UsageError("--model_dir and --tag are required.")
     try:
         entry = publish(FLAGS.model_dir, FLAGS.tag, FLAGS.data_dir, FLAGS.dataset_name, FLAGS.default_for)
-    except PublishError as error:
+    except ValueError as error:  # PublishError, or data that cannot be read
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
     print(f"{entry['tag']}: top-1 accuracy {entry['metric']['top1_accuracy']}% on "
