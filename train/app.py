@@ -46,7 +46,7 @@ flags.DEFINE_bool("fake_data", False, "Random images (smoke tests, throughput)."
 # Recipe and model options.
 flags.DEFINE_enum("recipe", None, list(recipes.RECIPES), "Default: cifar for 32 px models/datasets, else imagenet.")
 flags.DEFINE_enum("norm", "gn", ["gn", "bn"], "Normalization of the model.")
-flags.DEFINE_integer("groups", 32, "GN groups.")
+flags.DEFINE_integer("groups", None, "GN groups. Default: 32, or those of the --init weights.")
 flags.DEFINE_integer("group_size", None, "GN channels per group instead of --groups.")
 flags.DEFINE_bool("sync_bn", False, "Synchronize BN statistics across replicas (default: per replica, as in the paper).")
 flags.DEFINE_float("base_learning_rate", None, "Learning rate per reference batch (0.1 per 256 ImageNet, per 128 CIFAR).")

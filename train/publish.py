@@ -25,6 +25,7 @@ from absl import app
 from absl import flags
 
 from train import recipe as recipes
+from zoo import weights as weights_lib
 
 FLAGS = flags.FLAGS
 
@@ -32,7 +33,6 @@ FLAGS = flags.FLAGS
 # same weights on the same images differ at most by float round-off, which
 # can flip a near-tie (a few images in 10,000).
 ACCURACY_TOLERANCE = 0.0005
-ZOO_DEFAULTS = dict(norm="gn", groups=32, group_size=None)
 
 
 class PublishError(ValueError):
@@ -46,10 +46,8 @@ def read_run(model_dir):
                            "run (results.json is written when training ends).")
     run = json.loads(path.read_text())
     run_flags = run["flags"]
-    for name, value in ZOO_DEFAULTS.items():
-        if run_flags.get(name) != value:
-            raise PublishError(f"The run used --{name}={run_flags.get(name)}; zoo weights are for the "
-                               f"builders' defaults ({ZOO_DEFAULTS}).")
+    if run_flags.get("norm") != "gn":
+        raise PublishError(f"The run used --norm={run_flags.get('norm')}; the zoo ships GN weights (--norm=gn).")
     if run_flags.get("init"):
         raise PublishError(f"The run was fine-tuned from --init={run_flags['init']}; only runs trained "
                            "from scratch (normalization from their recipe) can be shipped.")
@@ -72,14 +70,24 @@ def run_recipe(run):
     return dataclasses.replace(recipes.RECIPES[recorded["name"]], **recorded)
 
 
-def build(arch, recipe, num_classes):
+def builder_args(run):
+    """The run's GN grouping, where it is not the builders' default."""
+    groups, group_size = run["flags"].get("groups"), run["flags"].get("group_size")
+    if group_size is not None:
+        return {"group_size": group_size}
+    if groups not in (None, weights_lib.DEFAULT_GROUPS):
+        return {"groups": groups}
+    return {}
+
+
+def build(arch, recipe, num_classes, args):
     """The zoo model with the recipe's normalization after its input."""
     import keras
 
     import zoo
 
     inputs = keras.Input((recipe.image_size, recipe.image_size, 3), name="image")
-    return zoo.get_model(arch)(input_tensor=recipes.preprocessing(recipe)(inputs), classes=num_classes)
+    return zoo.get_model(arch)(input_tensor=recipes.preprocessing(recipe)(inputs), classes=num_classes, **args)
 
 
 def evaluation_split(run, recipe, data_dir):
@@ -138,6 +146,7 @@ def registry_entry(arch, tag, run, recipe, top1, sha256, filename, dataset_name,
         "preprocessing": {"color": "RGB", "scale": 255.0, "mean": list(recipe.mean), "std": list(recipe.std),
                           "inside_model": True},
         "default_for": default_for,
+        "builder_args": builder_args(run) or None,
         "training": {
             "command": " ".join(command),
             "recipe": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(recipe).items()},
@@ -159,12 +168,10 @@ def publish(model_dir, tag, data_dir=None, dataset_name="cifar10", default_for=N
     weights; returns the registry entry."""
     import numpy as np
 
-    from zoo import weights as weights_lib
-
     registry_file, pretrained_dir = weights_lib.REGISTRY_FILE, weights_lib.PACKAGED_DIR
     run = read_run(model_dir)
     recipe, arch = run_recipe(run), run["flags"]["model"]
-    model = build(arch, recipe, run["num_classes"])
+    model = build(arch, recipe, run["num_classes"], builder_args(run))
     model.load_weights(pathlib.Path(model_dir) / "final.weights.h5")
     dataset, run["test_examples"] = evaluation_split(run, recipe, data_dir)
     top1 = accuracy(model, dataset, run["test_examples"])

@@ -71,7 +71,7 @@ def variant(build, arch, doc, classes, **config):
         classes=classes,
         classifier_activation="softmax",
         norm="gn",
-        groups=32,
+        groups=None,
         group_size=None,
         include_preprocessing=None,
         name=arch,
@@ -106,9 +106,12 @@ BUILDER_ARGS_DOC = """include_top: whether to include the classifier. Defaults t
             logits). Defaults to `"softmax"`.
         norm: `"gn"` (Group Normalization) or `"bn"` (BatchNormalization),
             same architecture otherwise. Defaults to `"gn"`.
-        groups: GN groups per layer, as in the paper; where they do not
-            divide a layer's channels, the coarser grouping of
-            `keras_gn.convert.choose_groups`. Defaults to `32`.
+        groups: GN groups per layer; where they do not divide a layer's
+            channels, the coarser grouping of
+            `keras_gn.convert.choose_groups`. Defaults to `None`: the
+            grouping the weights were trained with (the zoo's CIFAR-10
+            weights: 2 groups), else 32 groups as in the paper. A grouping
+            that differs from the weights' is refused.
         group_size: GN channels per group instead of `groups`. Defaults to
             `None`.
         include_preprocessing: whether the model starts with a

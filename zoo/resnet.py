@@ -75,7 +75,7 @@ def ResNet(
     classes=1000,
     classifier_activation="softmax",
     norm="gn",
-    groups=32,
+    groups=None,
     group_size=None,
     epsilon=1e-5,
     zero_init_last=True,
@@ -95,7 +95,8 @@ def ResNet(
         classifier_activation: as in `keras.applications`; see the named
             variants.
         norm: `"gn"` or `"bn"`. Defaults to `"gn"`.
-        groups: GN groups (see `zoo.norms.norm_layer`). Defaults to `32`.
+        groups: GN groups (see `zoo.norms.norm_layer`). Defaults to `None`:
+            the groups the weights were trained with, else `32`.
         group_size: GN channels per group instead of `groups`.
         epsilon: norm epsilon. Defaults to `1e-5`.
         zero_init_last: bool, zero-init the last gamma of each residual
@@ -114,6 +115,7 @@ def ResNet(
     preprocessing = input_preprocessing(name, weights, include_preprocessing)
     inputs, x = common.model_inputs(input_tensor, input_shape, default_shape, preprocessing)
     axis = common.channel_axis()
+    groups, group_size = weights_lib.grouping(name, weights, groups, group_size)
     norm_kwargs = dict(norm=norm, groups=groups, group_size=group_size, epsilon=epsilon,
                        sync_bn=sync_bn)
 

@@ -29,7 +29,7 @@ def VGG(
     classes=1000,
     classifier_activation="softmax",
     norm="gn",
-    groups=32,
+    groups=None,
     group_size=None,
     epsilon=1e-5,
     dropout=0.5,
@@ -47,6 +47,7 @@ def VGG(
     preprocessing = input_preprocessing(name, weights, include_preprocessing)
     inputs, x = common.model_inputs(input_tensor, input_shape, default_input_shape, preprocessing)
     axis = common.channel_axis()
+    groups, group_size = weights_lib.grouping(name, weights, groups, group_size)
     for b, (filters, convs) in enumerate(stages, start=1):
         for i in range(1, convs + 1):
             x = common.padded_conv(x, filters, 3, name=f"block{b}_conv{i}")

@@ -28,6 +28,8 @@ REGISTRY_FILE = pathlib.Path(__file__).resolve().parent / "weights_registry.json
 PACKAGED_DIR = pathlib.Path(__file__).resolve().parent / "pretrained"
 FORMATS = ("keras", "detectron", "tensorpack", "timm")
 DATASET_ALIASES = ("imagenet", "cifar10")
+DEFAULT_GROUPS = 32  # the paper's
+BUILDER_ARGS = ("groups", "group_size")  # what weights may fix (it changes no weight shape)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +65,7 @@ class WeightsEntry:
     verification: str = None  # what is checked where sha256 is null
     packaged: str = None
     default_for: str = None  # "imagenet" or "cifar10"
+    builder_args: dict = None  # grouping the weights were trained with, e.g. {"groups": 2}
     training: dict = None  # how weights trained here were made (train.publish)
     notes: str = ""
 
@@ -84,6 +87,9 @@ def _entry(record):
         raise ValueError(f"weights {entry.tag}: needs a sha256, or a `verification` note")
     if entry.packaged and not entry.sha256:
         raise ValueError(f"weights {entry.tag}: packaged weights need their sha256")
+    unknown = set(entry.builder_args or {}) - set(BUILDER_ARGS)
+    if unknown:
+        raise ValueError(f"weights {entry.tag}: builder_args {sorted(unknown)} are not among {BUILDER_ARGS}")
     return entry
 
 
@@ -144,6 +150,28 @@ def resolve(arch, weights):
         f"({available or 'none registered'}), {' nor '.join(map(repr, DATASET_ALIASES))}, "
         "nor an existing .weights.h5 file."
     )
+
+
+def grouping(arch, weights, groups, group_size):
+    """`(groups, group_size)` of a builder: the caller's, else those the
+    weights were trained with (their `builder_args`), else 32 groups.
+
+    GN's grouping changes no weight shape, so weights load into a model of
+    any grouping, and compute something else: a grouping that differs from
+    the weights' is refused.
+    """
+    entry = resolve(arch, weights) if weights is not None else None
+    args = (entry.builder_args or {}) if entry else {}
+    trained = (args.get("groups", None if "group_size" in args else DEFAULT_GROUPS), args.get("group_size"))
+    if groups is None and group_size is None:
+        return trained
+    if entry is not None and (groups, group_size) != trained:
+        given = f"groups={groups}" if group_size is None else f"group_size={group_size}"
+        wanted = f"groups={trained[0]}" if trained[1] is None else f"group_size={trained[1]}"
+        raise ValueError(
+            f"weights {entry.tag!r} were trained with {wanted}, not {given}: leave groups and "
+            f"group_size unset (or pass {wanted}).")
+    return groups, group_size
 
 
 def weights_file(entry):

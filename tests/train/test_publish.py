@@ -21,9 +21,10 @@ from zoo import weights as weights_lib
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    """One epoch on the 1024 fake images: the whole split is evaluated."""
+    """One epoch on the 1024 fake images (the whole split is evaluated),
+    with GN's grouping other than the builders' default."""
     model_dir = tmp_path_factory.mktemp("run")
-    train(*SMOKE, "--per_replica_batch_size=256", "--epochs=1", f"--model_dir={model_dir}")
+    train(*SMOKE, "--groups=4", "--per_replica_batch_size=256", "--epochs=1", f"--model_dir={model_dir}")
     return model_dir
 
 
@@ -57,11 +58,15 @@ def test_a_run_is_measured_registered_and_loadable(finished_run, zoo_dirs):
     assert entry["metric"]["top1_accuracy"] == pytest.approx(100 * run["history"][-1]["val_accuracy"], abs=0.05)
     assert entry["sha256"] == weights_lib.sha256_of(pretrained / entry["packaged"])
     assert entry["preprocessing"]["inside_model"] and entry["training"]["epochs"] == 1
+    assert entry["builder_args"] == {"groups": 4}
     assert "--per_replica_batch_size=256" in entry["training"]["command"]
     assert [r for r in json.loads(registry.read_text()) if r["tag"] == "resnet20_gn.fake"] == [entry]
 
     model = zoo.resnet20_gn(weights="cifar10")  # the default for cifar10 now
     assert isinstance(model.get_layer("preprocessing"), zoo.Preprocessing)
+    assert {model.get_layer(name).groups for name in ("conv1_norm", "conv4_block3_2_norm")} == {4}
+    with pytest.raises(ValueError, match=r"weights 'resnet20_gn.fake' were trained with groups=4, not groups=32"):
+        zoo.resnet20_gn(weights="fake", groups=32)
     assert model.get_layer("preprocessing").mean == tuple(entry["preprocessing"]["mean"])
     features = zoo.resnet20_gn(weights="fake", include_top=False, pooling="avg")
     assert features.layers[1].name == "preprocessing" and features.output_shape == (None, 64)
@@ -94,8 +99,9 @@ def test_weights_that_are_not_the_runs_are_refused(finished_run, zoo_dirs, tmp_p
 
 
 @pytest.mark.parametrize("changes, message", [
-    (dict(norm="bn"), r"--norm=bn; zoo weights are for the builders' defaults"),
-    (dict(groups=16), r"--groups=16"),
+    (dict(norm="bn"), r"--norm=bn; the zoo ships GN weights"),
+    # Weights evaluated with a grouping they were not trained with:
+    (dict(groups=16), "these are not the weights the run evaluated"),
     (dict(init="resnet50_gn.in1k_detectron"), "fine-tuned from --init=resnet50_gn.in1k_detectron"),
     (dict(steps_per_epoch=4), r"smoke run \(--steps_per_epoch=4\)"),
 ])

@@ -227,3 +227,31 @@ def test_preprocess_input():
                                rtol=1e-5, atol=1e-5)
     first = np.asarray(zoo.preprocess_input(images.transpose(0, 3, 1, 2), "resnet50_gn.a1h_in1k", "channels_first"))
     np.testing.assert_allclose(first, timm.transpose(0, 3, 1, 2), rtol=1e-6)
+
+
+def test_weights_fix_the_grouping_they_were_trained_with(tmp_path, monkeypatch, registry_with):
+    zoo.resnet20_gn().save_weights(tmp_path / "r20.weights.h5")
+    monkeypatch.setattr(weights_lib, "PACKAGED_DIR", tmp_path)
+    digest = sha256(tmp_path / "r20.weights.h5")
+    registry_with(entry("resnet20_gn.by_size", classes=10, packaged="r20.weights.h5", sha256=digest,
+                        builder_args={"group_size": 8}),
+                  entry("resnet20_gn.default", classes=10, packaged="r20.weights.h5", sha256=digest))
+    model = zoo.resnet20_gn(weights="by_size")
+    assert [model.get_layer(n).groups for n in ("conv1_norm", "conv3_block1_1_norm", "conv4_block1_1_norm")] == [2, 4, 8]
+    assert zoo.resnet20_gn(weights="by_size", group_size=8).get_layer("conv4_block1_1_norm").groups == 8
+    with pytest.raises(ValueError, match=r"'resnet20_gn.by_size' were trained with group_size=8, not groups=2: "
+                                         r"leave groups and group_size unset \(or pass group_size=8\)"):
+        zoo.resnet20_gn(weights="by_size", groups=2)
+    # No builder_args: the paper's 32 groups (8 / 16 / 32 for ResNet-20's widths).
+    assert zoo.resnet20_gn(weights="default").get_layer("conv4_block1_1_norm").groups == 32
+    with pytest.raises(ValueError, match="trained with groups=32, not group_size=4"):
+        zoo.resnet20_gn(weights="default", group_size=4)
+    # Without registered weights any grouping goes.
+    assert zoo.resnet20_gn(groups=4).get_layer("conv1_norm").groups == 4
+
+
+def test_unknown_builder_args_are_rejected(registry_with):
+    registry_with(entry("resnet20_gn.odd", url="http://x/y.h5", filename="y.h5", sha256="0" * 64,
+                        builder_args={"epsilon": 1e-3}))
+    with pytest.raises(ValueError, match=r"builder_args \['epsilon'\] are not among \('groups', 'group_size'\)"):
+        weights_lib.registry()
