@@ -33,6 +33,12 @@ def test_shipped_weights_are_registered_with_their_file(tag):
     assert entry.training["epochs"] and "python -m train" in entry.training["command"]
 
 
+def test_resnet20_gn_cifar10_builds_with_its_grouping():
+    model = zoo.resnet20_gn(weights="cifar10")
+    assert zoo.get_weights_info("resnet20_gn.cifar10").builder_args == {"groups": 2}
+    assert {model.get_layer(n).groups for n in ("conv1_norm", "conv4_block3_2_norm")} == {2}
+
+
 def test_resnet20_gn_cifar10_takes_raw_pixels():
     model = zoo.resnet20_gn(weights="cifar10")
     assert isinstance(model.get_layer("preprocessing"), zoo.Preprocessing)
