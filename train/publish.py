@@ -119,7 +119,7 @@ def accuracy(model, dataset, examples):
     return correct / seen
 
 
-def registry_entry(arch, tag, run, recipe, top1, sha256, filename, dataset_name, default_for):
+def registry_entry(arch, tag, run, recipe, grouping, top1, sha256, filename, dataset_name, default_for):
     run_flags = run["flags"]
     machine_specific = ("model_dir", "data_dir", "verbose")
     command = ["python -m train"] + [
@@ -146,7 +146,7 @@ def registry_entry(arch, tag, run, recipe, top1, sha256, filename, dataset_name,
         "preprocessing": {"color": "RGB", "scale": 255.0, "mean": list(recipe.mean), "std": list(recipe.std),
                           "inside_model": True},
         "default_for": default_for,
-        "builder_args": builder_args(run) or None,
+        "builder_args": grouping or None,
         "training": {
             "command": " ".join(command),
             "recipe": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(recipe).items()},
@@ -171,7 +171,8 @@ def publish(model_dir, tag, data_dir=None, dataset_name="cifar10", default_for=N
     registry_file, pretrained_dir = weights_lib.REGISTRY_FILE, weights_lib.PACKAGED_DIR
     run = read_run(model_dir)
     recipe, arch = run_recipe(run), run["flags"]["model"]
-    model = build(arch, recipe, run["num_classes"], builder_args(run))
+    grouping = builder_args(run)
+    model = build(arch, recipe, run["num_classes"], grouping)
     model.load_weights(pathlib.Path(model_dir) / "final.weights.h5")
     dataset, run["test_examples"] = evaluation_split(run, recipe, data_dir)
     top1 = accuracy(model, dataset, run["test_examples"])
@@ -186,7 +187,7 @@ def publish(model_dir, tag, data_dir=None, dataset_name="cifar10", default_for=N
     pretrained_dir.mkdir(parents=True, exist_ok=True)
     path = pretrained_dir / filename
     model.save_weights(path)
-    entry = registry_entry(arch, tag, run, recipe, top1, weights_lib.sha256_of(path), filename,
+    entry = registry_entry(arch, tag, run, recipe, grouping, top1, weights_lib.sha256_of(path), filename,
                            dataset_name, default_for)
 
     old_registry = registry_file.read_text() if registry_file.exists() else None
