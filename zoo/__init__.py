@@ -10,6 +10,7 @@ Converters of the authors' weights: `zoo.convert` (`python -m zoo.convert`).
 """
 
 from zoo import finetune
+from zoo import optimizers
 from zoo.preprocessing import Preprocessing
 from zoo.preprocessing import preprocess_input
 from zoo.resnet import ResNet

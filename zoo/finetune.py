@@ -22,7 +22,7 @@ statistics).
 
 import keras
 
-NORM_VARIABLE_NAMES = ("gamma", "beta")
+from zoo import optimizers
 
 
 def with_new_head(backbone, classes, dropout=0.0, classifier_activation="softmax"):
@@ -43,7 +43,6 @@ def with_new_head(backbone, classes, dropout=0.0, classifier_activation="softmax
 
 
 def sgd(learning_rate, weight_decay=1e-4, momentum=0.9):
-    """SGD with momentum and decoupled weight decay that skips gamma/beta."""
-    optimizer = keras.optimizers.SGD(learning_rate, momentum=momentum, weight_decay=weight_decay)
-    optimizer.exclude_from_weight_decay(var_names=list(NORM_VARIABLE_NAMES))
-    return optimizer
+    """SGD with momentum and the papers' L2 weight decay (`zoo.optimizers`),
+    which skips gamma/beta."""
+    return optimizers.sgd(learning_rate, weight_decay, momentum, decay_norm_parameters=False)
