@@ -58,7 +58,8 @@ flags.DEFINE_integer("image_size", None, "Training crop size. Default: the recip
 flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_string("tpu", None, "TPU name or address for --strategy=tpu.")
 flags.DEFINE_integer("steps_per_execution", 1, "Training steps per tf.function call: more cuts the "
-                     "per-step overhead of small batches on many replicas.")
+                     "per-step overhead of small batches on many replicas. Rounded to the nearest divisor "
+                     "of the steps per epoch (Keras runs whole executions).")
 flags.DEFINE_integer("verbose", 1, "Keras progress output: 1 progress bars, 2 one line per epoch.")
 
 
@@ -171,6 +172,10 @@ def main(argv):
     eval_steps = -(-source.test_examples // global_batch)
     if FLAGS.steps_per_epoch:
         steps, eval_steps = min(steps, FLAGS.steps_per_epoch), min(eval_steps, FLAGS.steps_per_epoch)
+    execution = recipes.steps_per_execution(steps, FLAGS.steps_per_execution)
+    if execution != FLAGS.steps_per_execution:
+        print(f"--steps_per_execution={FLAGS.steps_per_execution} does not divide the {steps} steps per "
+              f"epoch; using {execution}.", flush=True)
     train_ds, test_ds = data.pipelines(source, recipe, global_batch, FLAGS.seed)
 
     chief = strategies.is_chief()
@@ -186,7 +191,7 @@ def main(argv):
                 recipe.weight_decay, decay_norm),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-            steps_per_execution=FLAGS.steps_per_execution,
+            steps_per_execution=execution,
         )
     log = run_callbacks.EpochLog(model_dir, global_batch, steps)
     callbacks = [
@@ -211,6 +216,7 @@ def main(argv):
         recipe=recipe.__dict__, dataset=source.name, num_classes=source.num_classes,
         replicas=replicas, global_batch_size=global_batch, steps_per_epoch=steps,
         epochs_completed=len(history), total_steps=sum(h["steps"] for h in history),
+        optimizer_steps=int(model.optimizer.iterations.numpy()), steps_per_execution=execution,
         peak_learning_rate=peak, history=history,
         final_top1_error=errors[-1] if errors else None,
         median_top1_error_last5=recipes.median_of_last(errors, 5),

@@ -97,6 +97,15 @@ def optimizer(learning_rate, weight_decay, decay_norm_parameters=True, momentum=
     return optimizers.sgd(learning_rate, weight_decay, momentum, decay_norm_parameters)
 
 
+def steps_per_execution(steps_per_epoch, requested):
+    """The divisor of `steps_per_epoch` nearest `requested` (the smaller on a
+    tie). Keras runs whole executions: with 390 steps an epoch and 20 steps
+    an execution it trains 400 steps an epoch, which shifts the schedule's
+    drops and miscounts epochs, so the count must divide the epoch."""
+    divisors = [d for d in range(1, steps_per_epoch + 1) if steps_per_epoch % d == 0]
+    return min(divisors, key=lambda d: (abs(d - requested), d))
+
+
 def median_of_last(values, n=5):
     """The paper's reported number: the median over the last `n` epochs."""
     return float(np.median(values[-n:])) if values else None

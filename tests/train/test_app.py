@@ -64,6 +64,15 @@ def test_tfds_mock_data(tmp_path):
     assert r["dataset"] == "tfds:cifar10" and r["epochs_completed"] == 1 and r["total_steps"] == 2
 
 
+def test_epochs_train_exactly_their_steps_when_executions_do_not_divide_them(tmp_path):
+    """Keras would run 2 executions of 4 = 8 steps an epoch; 6 means 3 a call."""
+    run = train(*SMOKE, "--per_replica_batch_size=4", "--steps_per_epoch=6", "--steps_per_execution=4",
+                "--epochs=2", f"--model_dir={tmp_path}")
+    assert "--steps_per_execution=4 does not divide the 6 steps per epoch; using 3." in run.stdout
+    r = results(tmp_path)
+    assert (r["steps_per_execution"], r["total_steps"], r["optimizer_steps"]) == (3, 12, 12)
+
+
 def test_eight_replicas_on_logical_cpu_devices(tmp_path):
     train(*SMOKE, "--strategy=mirrored", "--num_cpu_devices=8", "--per_replica_batch_size=2",
           "--steps_per_epoch=2", "--epochs=1", "--norm=bn", f"--model_dir={tmp_path}")

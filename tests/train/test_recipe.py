@@ -51,6 +51,14 @@ def test_weight_decay_on_gamma_and_beta_is_a_choice(decay_norm):
     np.testing.assert_allclose(kernel.numpy(), 0.9 * before[kernel.path], rtol=1e-6)
 
 
+@pytest.mark.parametrize("steps,requested,chosen", [
+    (390, 20, 15), (390, 1, 1), (195, 20, 15), (3125, 20, 25), (781, 20, 11), (1562, 20, 22), (400, 20, 20),
+    (7, 20, 7), (6, 4, 3)])
+def test_steps_per_execution_divides_the_epoch(steps, requested, chosen):
+    assert recipe.steps_per_execution(steps, requested) == chosen
+    assert steps % chosen == 0
+
+
 def test_median_of_last_five():
     assert recipe.median_of_last([50, 40, 30, 25, 24, 26, 24.5]) == 25
     assert recipe.median_of_last([]) is None
