@@ -46,6 +46,11 @@ flags.DEFINE_string("results", "docs/batch_size_sweep.jsonl", "The results file 
 flags.DEFINE_string("runs_dir", "runs/sweep", "Where the runs' model directories go.")
 flags.DEFINE_string("output_dir", "docs", "Where `report` writes its files.")
 
+# How the runs' weight decay works (`zoo.optimizers`): recorded with each run,
+# so that a results file never mixes runs of different optimizers. The first
+# runs of this sweep used Keras' decoupled decay, about 10x weaker.
+WEIGHT_DECAY = "l2 through momentum"
+
 # The paper's Figure 1 / Table 2 (ResNet-50, ImageNet, 8 GPUs): top-1 error.
 PAPER = {"bn": {32: 23.6, 16: 23.7, 8: 24.8, 4: 27.3, 2: 34.7},
          "gn": {32: 24.1, 16: 24.2, 8: 24.0, 4: 24.2, 2: 24.1}}
@@ -99,7 +104,13 @@ def train_command(config, model_dir):
 def run_sweep():
     if not FLAGS.fake_data and not (FLAGS.data_dir and os.path.exists(FLAGS.data_dir)):
         raise app.UsageError(f"--data_dir={FLAGS.data_dir} does not exist (or pass --fake_data).")
-    done = {r["run_id"] for r in read_results(FLAGS.results)}
+    results = read_results(FLAGS.results)
+    other = [r["run_id"] for r in results if r.get("weight_decay") != WEIGHT_DECAY]
+    if other:
+        raise app.UsageError(
+            f"{FLAGS.results} holds runs made with another weight decay than {WEIGHT_DECAY!r} "
+            f"({', '.join(other)}); move that file aside or pass another --results.")
+    done = {r["run_id"] for r in results}
     pending = [c for c in configs() if c.run_id not in done]
     print(f"{len(done)} runs in {FLAGS.results}; {len(pending)} to go.", flush=True)
     for i, config in enumerate(pending, 1):
@@ -115,7 +126,7 @@ def run_sweep():
             final_test_error=result["final_top1_error"],
             median_test_error_last5=result["median_top1_error_last5"],
             wall_seconds=result["wall_seconds_all_runs"], images_per_second=result["images_per_second"],
-            dataset=result["dataset"],
+            dataset=result["dataset"], weight_decay=WEIGHT_DECAY,
         )
         pathlib.Path(FLAGS.results).parent.mkdir(parents=True, exist_ok=True)
         with open(FLAGS.results, "a") as f:
@@ -128,7 +139,7 @@ def report(results, output_dir, name="batch_size_sweep"):
     output_dir.mkdir(parents=True, exist_ok=True)
     fields = ["norm", "per_replica_batch_size", "epochs", "seed", "final_test_error",
               "median_test_error_last5", "wall_seconds", "images_per_second", "learning_rate",
-              "global_batch_size", "replicas", "dataset"]
+              "global_batch_size", "replicas", "dataset", "weight_decay"]
     with open(output_dir / f"{name}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()

@@ -31,9 +31,19 @@ def test_sweep_appends_each_run_once_and_continues_where_it_stopped(tmp_path):
         # 0.1 * N / 32 with N images per replica.
         assert r["learning_rate"] == pytest.approx(0.1 * 4 / 32)
         assert 0 <= r["final_test_error"] <= 100
+        assert r["weight_decay"] == experiments.WEIGHT_DECAY
     again = sweep(tmp_path)
     assert "2 runs in" in again.stdout and "0 to go" in again.stdout
     assert len(experiments.read_results(tmp_path / "sweep.jsonl")) == 2
+
+
+def test_sweep_refuses_to_mix_runs_of_another_weight_decay(tmp_path):
+    stale = dict(run_id="resnet20_bn_b4_e1_s0", norm="bn", per_replica_batch_size=4)  # no weight_decay
+    (tmp_path / "sweep.jsonl").write_text(json.dumps(stale) + "\n")
+    result = sweep(tmp_path)
+    assert result.returncode != 0
+    assert "another weight decay" in result.stderr and "resnet20_bn_b4_e1_s0" in result.stderr
+    assert not (tmp_path / "runs").exists()
 
 
 def test_report_writes_csv_table_and_figure(tmp_path):
