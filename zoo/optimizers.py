@@ -1,7 +1,8 @@
 """SGD with momentum and L2 weight decay the way the papers trained.
 
-He et al. (2016) and Wu & He (2018) trained with Caffe/Caffe2 SGD, whose
-weight decay is an L2 term added to the gradient *before* the momentum:
+He et al. (2016) and Wu & He (2018) trained with Caffe-style SGD (Caffe2's
+in the GN paper), whose weight decay is an L2 term added to the gradient
+*before* the momentum:
 
     v <- momentum * v + lr * (g + weight_decay * w);   w <- w - v
 
@@ -11,8 +12,9 @@ weight decay is an L2 term added to the gradient *before* the momentum:
 with momentum 0.9 decays about 10 times less at the same value: 1e-4 there
 is not the papers' 1e-4. With Group or Batch Normalization the weights'
 scale does not change the output, so weight decay sets the effective
-learning rate, and the weaker decay costs accuracy (a GN ResNet-20 trained
-on CIFAR-10 with Keras' decay stalled at about 85% test accuracy).
+learning rate, and the weaker decay costs accuracy (a GN ResNet-20 on
+CIFAR-10, after the first learning-rate drop: 84.8% test accuracy with
+Keras' decay, 85.7% with this one).
 """
 
 import keras
