@@ -9,7 +9,10 @@ normalizes its own inputs (`zoo.Preprocessing`), so pipelines hand it raw
   3/4-4/3) to the image size and horizontal flips for training; shorter side
   resized to `eval_resize` and a center crop for evaluation.
 - CIFAR recipe: 4-pixel zero padding, random crop back to the image size,
-  horizontal flips; the decoded training set is cached in memory.
+  horizontal flips; the decoded training set is cached in memory. The crop
+  is an exact window of the padded image (`keras.layers.RandomCrop`):
+  keras-cv 0.9's `RandomCrop` resamples through `crop_and_resize`, which
+  drops a row or column of pixels in about a third of the crops.
 """
 
 import dataclasses
@@ -17,6 +20,7 @@ import pathlib
 import tarfile
 import tempfile
 
+import keras
 import keras_cv
 import numpy as np
 import tensorflow as tf
@@ -128,18 +132,18 @@ def fake(num_classes, image_size, num_examples=1024):
 
 
 def augmenter(recipe):
-    """The keras-cv augmentation of a recipe, for single images."""
+    """The augmentation of a recipe, for single images (float32, HWC)."""
     flip = keras_cv.layers.RandomFlip("horizontal")
     size = recipe.image_size
     if recipe.name == "imagenet":
         crop = keras_cv.layers.RandomCropAndResize(
             target_size=(size, size), crop_area_factor=(0.08, 1.0), aspect_ratio_factor=(3 / 4, 4 / 3))
         return lambda image: flip(crop(image))
-    crop = keras_cv.layers.RandomCrop(size, size)
+    crop = keras.layers.RandomCrop(size, size)
 
     def pad_crop_flip(image):
         image = tf.image.resize_with_crop_or_pad(image, size + 8, size + 8)  # 4 px each side
-        return flip(crop(image))
+        return flip(crop(image, training=True))
 
     return pad_crop_flip
 

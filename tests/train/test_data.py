@@ -57,6 +57,26 @@ def test_pipelines_batch_augment_and_center_crop(tmp_path, name):
     assert batches == [(4, r.image_size, r.image_size, 3), (2, r.image_size, r.image_size, 3)]
 
 
+def test_cifar_augmentation_is_an_exact_padded_crop_or_its_mirror():
+    """Every output is a 32x32 window of the 4-pixel zero-padded image,
+    pixel for pixel (or its left-right mirror): no resampling. Offsets and
+    flips vary per image."""
+    image = np.arange(1, 32 * 32 + 1, dtype=np.float32).reshape(32, 32, 1)  # unique, nonzero pixels
+    padded = np.pad(image, ((4, 4), (4, 4), (0, 0)))
+    windows = {(r, c): padded[r:r + 32, c:c + 32] for r in range(9) for c in range(9)}
+    augment = data.augmenter(recipe.RECIPES["cifar"])
+    draws = tf.data.Dataset.from_tensors(image).repeat(200).map(augment)
+    seen, flips = set(), 0
+    for out in draws.as_numpy_iterator():
+        matches = [(key, flip) for key, window in windows.items() for flip in (False, True)
+                   if np.array_equal(out, window[:, ::-1] if flip else window)]
+        assert matches, "an augmented image is not an exact window of the padded image"
+        seen.add(matches[0][0])
+        flips += matches[0][1]
+    assert len(seen) >= 40, f"only {len(seen)} of 81 crop offsets in 200 draws"
+    assert 60 <= flips <= 140, f"{flips} of 200 draws flipped"
+
+
 def test_fake_data():
     source = data.fake(num_classes=7, image_size=16, num_examples=10)
     images = [x for x, _ in source.train]
