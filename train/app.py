@@ -39,7 +39,8 @@ flags.DEFINE_integer("epochs", None, "Epochs. Default: the recipe's (100 ImageNe
 flags.DEFINE_integer("steps_per_epoch", None, "Cap on training (and evaluation) steps per epoch, for smoke runs.")
 flags.DEFINE_string("model_dir", None, "Where logs, checkpoints, the backup and results.json go.")
 flags.DEFINE_enum("strategy", "default", list(strategies.STRATEGIES), "tf.distribute strategy.")
-flags.DEFINE_integer("num_cpu_devices", 0, "Split the CPU into this many logical devices (mirrored, no GPU).")
+flags.DEFINE_integer("num_cpu_devices", 0, "Split the CPU into this many logical devices, one replica on each "
+                     "(--strategy=mirrored; GPUs are then not used).")
 flags.DEFINE_enum("mixed_precision", "none", ["none", "mixed_float16", "mixed_bfloat16"], "Dtype policy.")
 flags.DEFINE_string("init", None, "Fine-tune from zoo weights: a registry tag or a .weights.h5 path.")
 flags.DEFINE_bool("fake_data", False, "Random images (smoke tests, throughput).")

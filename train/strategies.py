@@ -1,9 +1,9 @@
 """tf.distribute strategies for `--strategy=default|mirrored|multi_worker|tpu`.
 
-- `mirrored`: one replica per GPU; on machines without GPUs,
-  `--num_cpu_devices=K` first splits the CPU into K logical devices, so the
-  paper's 8-replica setup runs for real (8 logical CPUs standing in for 8
-  GPUs). BatchNormalization statistics stay per replica unless `--sync_bn`.
+- `mirrored`: one replica per GPU; `--num_cpu_devices=K` instead splits the
+  CPU into K logical devices and runs one replica on each (GPUs, if any, are
+  then left idle), so the paper's 8-replica setup runs for real anywhere (8
+  logical CPUs standing in for 8 GPUs). BatchNormalization statistics stay per replica unless `--sync_bn`.
 - `multi_worker`: `MultiWorkerMirroredStrategy`, configured by `TF_CONFIG`
   on each machine. To run N workers, start the same command on each with
   `TF_CONFIG='{"cluster": {"worker": ["host0:port", ..., "hostN-1:port"]},
@@ -36,11 +36,13 @@ def make(name, num_cpu_devices=0, tpu=None):
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
-        gpus = tf.config.list_logical_devices("GPU")
-        if gpus:
-            return tf.distribute.MirroredStrategy()
-        devices = [d.name for d in tf.config.list_logical_devices("CPU")]
-        return tf.distribute.MirroredStrategy(devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
+        # Logical CPU devices asked for are used even where GPUs are visible:
+        # MirroredStrategy() would pick the GPUs and silently change the
+        # number of replicas (and with it the global batch).
+        if num_cpu_devices > 1 or not tf.config.list_logical_devices("GPU"):
+            devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+            return tf.distribute.MirroredStrategy(devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
+        return tf.distribute.MirroredStrategy()
     if name == "multi_worker":
         if "TF_CONFIG" not in os.environ:
             raise ValueError("--strategy=multi_worker needs TF_CONFIG (see `python -m train --help`).")

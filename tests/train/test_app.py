@@ -82,6 +82,27 @@ def test_eight_replicas_on_logical_cpu_devices(tmp_path):
     assert r["peak_learning_rate"] == pytest.approx(0.1 * 16 / 128)
 
 
+CPU_DEVICES_WITH_A_GPU = textwrap.dedent("""
+    import tensorflow as tf
+    from train import strategies
+    listed = tf.config.list_logical_devices
+    fake_gpu = tf.config.LogicalDevice("/device:GPU:0", "GPU")
+    tf.config.list_logical_devices = lambda kind=None: [fake_gpu] if kind == "GPU" else listed(kind)
+    strategy = strategies.make("mirrored", num_cpu_devices=8)
+    print("DEVICES", sorted(strategy.extended.worker_devices))
+""")
+
+
+def test_cpu_devices_asked_for_are_used_where_a_gpu_is_visible():
+    """--num_cpu_devices=8 means 8 replicas, also on a machine with a GPU
+    (MirroredStrategy() alone would run 1 replica on the GPU)."""
+    result = subprocess.run([sys.executable, "-c", CPU_DEVICES_WITH_A_GPU], capture_output=True, text=True,
+                            env=ENV, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    devices = result.stdout.split("DEVICES", 1)[1]
+    assert devices.count("CPU:") == 8 and "GPU" not in devices, devices
+
+
 BN_PER_REPLICA = textwrap.dedent("""
     import sys
     import numpy as np
