@@ -88,8 +88,9 @@ CPU_DEVICES_WITH_A_GPU = textwrap.dedent("""
     listed = tf.config.list_logical_devices
     fake_gpu = tf.config.LogicalDevice("/device:GPU:0", "GPU")
     tf.config.list_logical_devices = lambda kind=None: [fake_gpu] if kind == "GPU" else listed(kind)
-    strategy = strategies.make("mirrored", num_cpu_devices=8)
-    print("DEVICES", sorted(strategy.extended.worker_devices))
+    # Record the devices the strategy is asked for (no devices: TF picks the GPUs).
+    tf.distribute.MirroredStrategy = lambda devices=None, **kwargs: devices
+    print("DEVICES", strategies.make("mirrored", num_cpu_devices=8))
 """)
 
 
