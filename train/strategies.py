@@ -3,7 +3,8 @@
 - `mirrored`: one replica per GPU; `--num_cpu_devices=K` instead splits the
   CPU into K logical devices and runs one replica on each (GPUs, if any, are
   then left idle), so the paper's 8-replica setup runs for real anywhere (8
-  logical CPUs standing in for 8 GPUs). BatchNormalization statistics stay per replica unless `--sync_bn`.
+  logical CPUs standing in for 8 GPUs). BatchNormalization statistics stay
+  per replica unless `--sync_bn`.
 - `multi_worker`: `MultiWorkerMirroredStrategy`, configured by `TF_CONFIG`
   on each machine. To run N workers, start the same command on each with
   `TF_CONFIG='{"cluster": {"worker": ["host0:port", ..., "hostN-1:port"]},
