@@ -9,7 +9,10 @@ normalizes its own inputs (`zoo.Preprocessing`), so pipelines hand it raw
   3/4-4/3) to the image size and horizontal flips for training; shorter side
   resized to `eval_resize` and a center crop for evaluation.
 - CIFAR recipe: 4-pixel zero padding, random crop back to the image size,
-  horizontal flips; the decoded training set is cached in memory. The crop
+  horizontal flips; the decoded training set is cached in memory and
+  shuffled decoded. Other recipes shuffle encoded examples (file paths,
+  JPEG bytes) and decode after: a buffer of decoded ImageNet images would
+  hold about 420 KB an image. The crop
   is an exact window of the padded image (`keras.layers.RandomCrop`):
   keras-cv 0.9's `RandomCrop` resamples through `crop_and_resize`, which
   drops a row or column of pixels in about a third of the crops.
@@ -28,23 +31,44 @@ import tensorflow as tf
 AUTOTUNE = tf.data.AUTOTUNE
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 CACHE_LIMIT = 100_000  # examples of the CIFAR recipe kept decoded in memory
+DECODED_SHUFFLE_BUFFER = 20_000  # decoded CIFAR images: 60 MB
+TFDS_ENCODED_SHUFFLE_BUFFER = 10_000  # TFDS records: ~1.1 GB of ImageNet JPEGs; files are shuffled too
 
 
 @dataclasses.dataclass
 class Source:
-    """A dataset before batching: unbatched (image, label) datasets."""
+    """A dataset before batching.
 
-    train: tf.data.Dataset
-    test: tf.data.Dataset
+    `encoded_train` / `encoded_test` yield small encoded examples (a file
+    path, JPEG bytes, an index) that `decode` turns into (uint8 RGB image,
+    int label); `train` / `test` are the decoded datasets. A shuffle of
+    encoded examples may hold up to `encoded_shuffle_buffer` of them.
+    """
+
+    encoded_train: tf.data.Dataset
+    encoded_test: tf.data.Dataset
+    decode: callable
+    encoded_shuffle_buffer: int
     num_classes: int
     train_examples: int
     test_examples: int
     name: str
 
+    @property
+    def train(self):
+        return self.encoded_train.map(self.decode, num_parallel_calls=AUTOTUNE)
 
-def _decode(path, label):
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-    return image, label
+    @property
+    def test(self):
+        return self.encoded_test.map(self.decode, num_parallel_calls=AUTOTUNE)
+
+
+def _decode_image(encoded, label):
+    return tf.io.decode_image(encoded, channels=3, expand_animations=False), label
+
+
+def _read_and_decode(path, label):
+    return _decode_image(tf.io.read_file(path), label)
 
 
 def image_folder(path):
@@ -79,12 +103,13 @@ def image_folder(path):
         # A fixed shuffle of the listing, so that a capped evaluation
         # (--steps_per_epoch) sees every class, not the first ones.
         order = np.random.default_rng(0).permutation(len(paths))
-        ds = tf.data.Dataset.from_tensor_slices((np.array(paths)[order], np.array(labels)[order]))
-        return ds.map(_decode, num_parallel_calls=AUTOTUNE), len(paths)
+        return tf.data.Dataset.from_tensor_slices((np.array(paths)[order], np.array(labels)[order])), len(paths)
 
     train, n_train = listing(root / "train")
     test, n_test = listing(test_dir)
-    return Source(train, test, len(classes), n_train, n_test, f"folder:{name.name}")
+    return Source(train, test, _read_and_decode, encoded_shuffle_buffer=n_train,  # paths: all of them
+                  num_classes=len(classes), train_examples=n_train, test_examples=n_test,
+                  name=f"folder:{name.name}")
 
 
 def tfds_dataset(name, data_dir=None):
@@ -105,7 +130,7 @@ def tfds_dataset(name, data_dir=None):
     test_split = next((s for s in ("test", "validation") if s in available), None)
     if "train" not in available or test_split is None:
         raise ValueError(f"TFDS {name} needs a train split and a test or validation split; it has {available}.")
-    load = dict(as_supervised=True)
+    load = dict(as_supervised=True, decoders={"image": tfds.decode.SkipDecoding()})
     train = builder.as_dataset(split="train", shuffle_files=True, **load)
     test = builder.as_dataset(split=test_split, **load)
 
@@ -114,8 +139,10 @@ def tfds_dataset(name, data_dir=None):
             return splits[split].num_examples
         return int(ds.reduce(0, lambda n, _: n + 1))
 
-    return Source(train, test, builder.info.features["label"].num_classes,
-                  count("train", train), count(test_split, test), f"tfds:{name}")
+    return Source(train, test, _decode_image, encoded_shuffle_buffer=TFDS_ENCODED_SHUFFLE_BUFFER,
+                  num_classes=builder.info.features["label"].num_classes,
+                  train_examples=count("train", train), test_examples=count(test_split, test),
+                  name=f"tfds:{name}")
 
 
 def fake(num_classes, image_size, num_examples=1024):
@@ -127,8 +154,9 @@ def fake(num_classes, image_size, num_examples=1024):
         label = tf.random.stateless_uniform((), seed + 1, 0, num_classes, tf.int32)
         return tf.cast(image, tf.uint8), label
 
-    ds = tf.data.Dataset.range(num_examples).map(example, num_parallel_calls=AUTOTUNE)
-    return Source(ds, ds, num_classes, num_examples, num_examples, "fake")
+    indices = tf.data.Dataset.range(num_examples)
+    return Source(indices, indices, example, encoded_shuffle_buffer=num_examples, num_classes=num_classes,
+                  train_examples=num_examples, test_examples=num_examples, name="fake")
 
 
 def augmenter(recipe):
@@ -168,11 +196,13 @@ def pipelines(source, recipe, global_batch, seed=0):
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     augment, evaluate = augmenter(recipe), center_crop(recipe)
-    train = source.train
+    shuffle = dict(seed=seed, reshuffle_each_iteration=True)
     if recipe.name == "cifar" and source.train_examples <= CACHE_LIMIT:
-        train = train.cache()
-    train = (train.shuffle(min(source.train_examples, 20_000), seed=seed, reshuffle_each_iteration=True)
-             .repeat()
+        train = source.train.cache().shuffle(min(source.train_examples, DECODED_SHUFFLE_BUFFER), **shuffle)
+    else:
+        buffer = min(source.train_examples, source.encoded_shuffle_buffer)
+        train = source.encoded_train.shuffle(buffer, **shuffle).map(source.decode, num_parallel_calls=AUTOTUNE)
+    train = (train.repeat()
              .map(lambda x, y: (augment(tf.cast(x, tf.float32)), y), num_parallel_calls=AUTOTUNE)
              .batch(global_batch, drop_remainder=True)
              .prefetch(AUTOTUNE)

@@ -57,6 +57,32 @@ def test_pipelines_batch_augment_and_center_crop(tmp_path, name):
     assert batches == [(4, r.image_size, r.image_size, 3), (2, r.image_size, r.image_size, 3)]
 
 
+def shuffles(dataset):
+    """(element dtypes, buffer size) of each shuffle in a tf.data pipeline."""
+    found = []
+    while dataset is not None:
+        if type(dataset).__name__ == "_ShuffleDataset":
+            dtypes = [spec.dtype for spec in tf.nest.flatten(dataset.element_spec)]
+            found.append((dtypes, int(dataset._buffer_size)))
+        dataset = getattr(dataset, "_input_dataset", None)
+    return found
+
+
+def test_imagenet_recipe_shuffles_encoded_examples_then_decodes(tmp_path):
+    """A shuffle buffer of decoded ImageNet images would hold ~420 KB an image
+    (8 GB for 20,000): large images are shuffled as file paths, all of them."""
+    source = data.image_folder(make_folder(tmp_path / "pets", per_class=5, size=300))
+    train, _ = data.pipelines(source, recipe.RECIPES["imagenet"], global_batch=2)
+    assert shuffles(train) == [([tf.string, tf.int64], 10)]
+    assert sorted(int(y) for _, y in train.unbatch().take(10)) == [0] * 5 + [1] * 5  # each file once an epoch
+
+
+def test_cifar_recipe_shuffles_the_cached_decoded_images(tmp_path):
+    source = data.image_folder(make_folder(tmp_path / "pets", size=32))
+    train, _ = data.pipelines(source, recipe.CIFAR, global_batch=2)
+    assert shuffles(train) == [([tf.uint8, tf.int64], 6)]
+
+
 def test_cifar_augmentation_is_an_exact_padded_crop_or_its_mirror():
     """Every output is a 32x32 window of the 4-pixel zero-padded image,
     pixel for pixel (or its left-right mirror): no resampling. Offsets and
@@ -92,6 +118,13 @@ def test_tfds_with_mock_data():
         train, test = data.pipelines(source, recipe.CIFAR, global_batch=4)
         x, y = next(iter(train))
         assert x.shape == (4, 32, 32, 3)
+        x, _ = next(iter(test))
+        assert x.shape == (4, 32, 32, 3)
+        # Without the CIFAR recipe's cache, the encoded records are shuffled, then decoded.
+        train, _ = data.pipelines(source, recipe.RECIPES["imagenet"], global_batch=4)
+        assert shuffles(train) == [([tf.string, tf.int64], 12)]
+        x, _ = next(iter(train))
+        assert x.shape == (4, 224, 224, 3)
     with pytest.raises(ValueError, match="--dataset=cifar11 is not a TFDS dataset"):
         data.tfds_dataset("cifar11")
 
