@@ -145,6 +145,21 @@ def build_model(recipe, num_classes):
     return keras.Model(inputs, logits, name=f"{FLAGS.model}_{FLAGS.norm}")
 
 
+def gn_grouping(model):
+    """{channels: groups} of every GroupNormalization layer in `model`
+    (nested models included): the grouping a run actually trained with."""
+    import keras_gn
+
+    grouping, stack = {}, [model]
+    while stack:
+        layer = stack.pop()
+        if isinstance(layer, keras_gn.GroupNormalization):
+            (channels,) = layer.input_spec.axes.values()
+            grouping[int(channels)] = layer.num_groups
+        stack += getattr(layer, "layers", [])
+    return dict(sorted(grouping.items()))
+
+
 def main(argv):
     del argv
     recipe = _validate_and_recipe()
@@ -218,7 +233,7 @@ def main(argv):
         replicas=replicas, global_batch_size=global_batch, steps_per_epoch=steps,
         epochs_completed=len(history), total_steps=sum(h["steps"] for h in history),
         optimizer_steps=int(model.optimizer.iterations.numpy()), steps_per_execution=execution,
-        peak_learning_rate=peak, history=history,
+        peak_learning_rate=peak, gn_groups=gn_grouping(model), history=history,
         final_top1_error=errors[-1] if errors else None,
         median_top1_error_last5=recipes.median_of_last(errors, 5),
         wall_seconds_this_run=wall, wall_seconds_all_runs=sum(h["epoch_seconds"] for h in history),

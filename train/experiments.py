@@ -9,15 +9,26 @@
     python -m train.experiments report --results=docs/batch_size_sweep.jsonl \\
         --output_dir=docs
 
+    # The paper's Table 3 on the same setup: GN ResNet-20 at 32 images per
+    # replica with 8, 4, 2, 1 (= LN) groups, then 16, 8, 4, 2, 1 (= IN)
+    # channels per group.
+    python -m train.experiments run --sweep=groups \\
+        --data_dir=../shared/data/cifar10-jpeg.tar.gz --epochs=10 \\
+        --results=docs/group_ablation.jsonl --runs_dir=runs/sweep
+    python -m train.experiments report --sweep=groups \\
+        --results=docs/group_ablation.jsonl --output_dir=docs
+
 `run` trains each configuration not yet in the results file, one after
 another, as a separate `python -m train` process, and appends one JSON line
 per finished run. Killed at any point, it continues when started again: a
 finished run is skipped, an interrupted one resumes from its training
 backup (same `--runs_dir`). The sweep can be spread over several sessions.
 
-`report` writes `<output_dir>/<name>.csv`, `<name>.md` (a table beside the
-paper's numbers) and `<name>.png` (test error vs images per replica, BN vs
-GN, in the style of the paper's Figure 1; needs matplotlib).
+`report` writes `<output_dir>/batch_size_sweep.csv`, `.md` (a table beside
+the paper's numbers) and `.png` (test error vs images per replica, BN vs GN,
+in the style of the paper's Figure 1; needs matplotlib); with
+`--sweep=groups`, `group_ablation.csv` and `.md` (beside the paper's
+Table 3).
 """
 
 import csv
@@ -32,7 +43,8 @@ from absl import app
 from absl import flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("sweep", "batch_size", ["batch_size"], "Which sweep to run.")
+flags.DEFINE_enum("sweep", "batch_size", ["batch_size", "groups"],
+                  "batch_size: BN vs GN over images per replica (Figure 1); groups: GN's grouping (Table 3).")
 flags.DEFINE_string("data_dir", None, "CIFAR-10 image folder or tar archive (run).")
 flags.DEFINE_bool("fake_data", False, "Random images instead of --data_dir (smoke tests).")
 flags.DEFINE_integer("epochs", 10, "Epochs per run (the committed sweep: 10, CPU budget).")
@@ -40,9 +52,19 @@ flags.DEFINE_integer("steps_per_epoch", None, "Cap on steps per epoch (smoke tes
 flags.DEFINE_list("per_replica_batch_sizes", ["32", "16", "8", "4", "2"], "Images per replica.")
 flags.DEFINE_list("norms", ["bn", "gn"], "Normalizations.")
 flags.DEFINE_list("seeds", ["0"], "Seeds.")
+# The ablation's groupings for ResNet-20 (stages of 16, 32, 64 channels): the
+# paper's Table 3 values that divide 16.
+GROUP_COUNTS = (8, 4, 2, 1)
+GROUP_SIZES = (16, 8, 4, 2, 1)
+flags.DEFINE_list("group_counts", [str(g) for g in GROUP_COUNTS],
+                  "--sweep=groups: fixed numbers of groups (1 = LN).")
+flags.DEFINE_list("group_sizes", [str(g) for g in GROUP_SIZES],
+                  "--sweep=groups: fixed channels per group (1 = IN).")
+flags.DEFINE_integer("ablation_batch_size", 32, "--sweep=groups: images per replica.")
 flags.DEFINE_integer("replicas", 8, "Logical CPU devices (replicas), as the paper's 8 GPUs.")
 flags.DEFINE_integer("steps_per_execution", 20, "Passed to train: 2.5x faster at 2 images per replica on CPU.")
-flags.DEFINE_string("results", "docs/batch_size_sweep.jsonl", "The results file (JSON lines).")
+flags.DEFINE_string("results", None, "The results file (JSON lines). Default: docs/<report name>.jsonl, "
+                    "batch_size_sweep or group_ablation.")
 flags.DEFINE_string("runs_dir", "runs/sweep", "Where the runs' model directories go.")
 flags.DEFINE_string("output_dir", "docs", "Where `report` writes its files.")
 
@@ -54,6 +76,17 @@ WEIGHT_DECAY = "l2 through momentum"
 # The paper's Figure 1 / Table 2 (ResNet-50, ImageNet, 8 GPUs): top-1 error.
 PAPER = {"bn": {32: 23.6, 16: 23.7, 8: 24.8, 4: 27.3, 2: 34.7},
          "gn": {32: 24.1, 16: 24.2, 8: 24.0, 4: 24.2, 2: 24.1}}
+# The paper's Table 3 (GN ResNet-50, ImageNet, 32 images per GPU): top-1
+# error by number of groups and by channels per group.
+PAPER_GROUPS = {64: 24.6, 32: 24.1, 16: 24.6, 8: 24.4, 4: 24.6, 2: 24.7, 1: 25.3}
+PAPER_GROUP_SIZES = {64: 24.4, 32: 24.5, 16: 24.2, 8: 24.3, 4: 24.8, 2: 25.6, 1: 28.4}
+RESNET20_WIDTHS = (16, 32, 64)  # channels of its three stages
+# Each sweep's report (and default results file) name.
+REPORT_NAMES = {"batch_size": "batch_size_sweep", "groups": "group_ablation"}
+
+
+def results_path():
+    return FLAGS.results or f"docs/{REPORT_NAMES[FLAGS.sweep]}.jsonl"
 
 
 def base_learning_rate(replicas):
@@ -68,15 +101,26 @@ class Config:
     per_replica_batch_size: int
     epochs: int
     seed: int
+    groups: int = None  # GN: fixed number of groups ...
+    group_size: int = None  # ... or fixed channels per group; neither: the builders' default
 
     @property
     def run_id(self):
-        return f"resnet20_{self.norm}_b{self.per_replica_batch_size}_e{self.epochs}_s{self.seed}"
+        grouping = (f"_g{self.groups}" if self.groups is not None else "") + (
+            f"_cpg{self.group_size}" if self.group_size is not None else "")
+        return f"resnet20_{self.norm}{grouping}_b{self.per_replica_batch_size}_e{self.epochs}_s{self.seed}"
 
 
 def configs():
-    return [Config(norm, int(b), FLAGS.epochs, int(seed))
-            for seed in FLAGS.seeds for b in FLAGS.per_replica_batch_sizes for norm in FLAGS.norms]
+    seeds = [int(seed) for seed in FLAGS.seeds]
+    if FLAGS.sweep == "groups":
+        size = FLAGS.ablation_batch_size
+        return ([Config("gn", size, FLAGS.epochs, seed, groups=int(g))
+                 for seed in seeds for g in FLAGS.group_counts]
+                + [Config("gn", size, FLAGS.epochs, seed, group_size=int(s))
+                   for seed in seeds for s in FLAGS.group_sizes])
+    return [Config(norm, int(b), FLAGS.epochs, seed)
+            for seed in seeds for b in FLAGS.per_replica_batch_sizes for norm in FLAGS.norms]
 
 
 def read_results(path):
@@ -92,6 +136,10 @@ def train_command(config, model_dir):
                f"--num_cpu_devices={FLAGS.replicas}", f"--per_replica_batch_size={config.per_replica_batch_size}",
                f"--epochs={config.epochs}", f"--seed={config.seed}", f"--model_dir={model_dir}", "--verbose=2",
                f"--steps_per_execution={FLAGS.steps_per_execution}"]
+    if config.groups is not None:
+        command.append(f"--groups={config.groups}")
+    if config.group_size is not None:
+        command.append(f"--group_size={config.group_size}")
     if FLAGS.fake_data:
         command.append("--fake_data")
     else:
@@ -104,15 +152,21 @@ def train_command(config, model_dir):
 def run_sweep():
     if not FLAGS.fake_data and not (FLAGS.data_dir and os.path.exists(FLAGS.data_dir)):
         raise app.UsageError(f"--data_dir={FLAGS.data_dir} does not exist (or pass --fake_data).")
-    results = read_results(FLAGS.results)
+    path = results_path()
+    results = read_results(path)
     other = [r["run_id"] for r in results if r.get("weight_decay") != WEIGHT_DECAY]
     if other:
         raise app.UsageError(
-            f"{FLAGS.results} holds runs made with another weight decay than {WEIGHT_DECAY!r} "
+            f"{path} holds runs made with another weight decay than {WEIGHT_DECAY!r} "
             f"({', '.join(other)}); move that file aside or pass another --results.")
+    other = [r["run_id"] for r in results if r.get("sweep", "batch_size") != FLAGS.sweep]
+    if other:
+        raise app.UsageError(
+            f"{path} holds runs of another sweep than --sweep={FLAGS.sweep} ({', '.join(other)}); "
+            f"pass --results=docs/{REPORT_NAMES[FLAGS.sweep]}.jsonl.")
     done = {r["run_id"] for r in results}
     pending = [c for c in configs() if c.run_id not in done]
-    print(f"{len(done)} runs in {FLAGS.results}; {len(pending)} to go.", flush=True)
+    print(f"{len(done)} runs in {path}; {len(pending)} to go.", flush=True)
     for i, config in enumerate(pending, 1):
         model_dir = os.path.join(FLAGS.runs_dir, config.run_id)
         print(f"[{i}/{len(pending)}] {config.run_id}", flush=True)
@@ -120,41 +174,58 @@ def run_sweep():
         with open(os.path.join(model_dir, "results.json")) as f:
             result = json.load(f)
         record = dict(
-            run_id=config.run_id, model="resnet20", **dataclasses.asdict(config),
+            run_id=config.run_id, sweep=FLAGS.sweep, model="resnet20", **dataclasses.asdict(config),
             replicas=result["replicas"], global_batch_size=result["global_batch_size"],
             learning_rate=result["peak_learning_rate"], steps_per_epoch=result["steps_per_epoch"],
             final_test_error=result["final_top1_error"],
             median_test_error_last5=result["median_top1_error_last5"],
             wall_seconds=result["wall_seconds_all_runs"], images_per_second=result["images_per_second"],
             dataset=result["dataset"], weight_decay=WEIGHT_DECAY,
+            gn_groups=result.get("gn_groups"),  # {channels: groups}; runs before it was recorded: None
         )
-        pathlib.Path(FLAGS.results).parent.mkdir(parents=True, exist_ok=True)
-        with open(FLAGS.results, "a") as f:
+        pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
 
-def report(results, output_dir, name="batch_size_sweep"):
-    """Writes the CSV, markdown table and figure of a batch-size sweep."""
-    output_dir = pathlib.Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    fields = ["norm", "per_replica_batch_size", "epochs", "seed", "final_test_error",
+CSV_FIELDS = ["norm", "per_replica_batch_size", "epochs", "seed", "final_test_error",
               "median_test_error_last5", "wall_seconds", "images_per_second", "learning_rate",
               "global_batch_size", "replicas", "dataset", "weight_decay"]
-    with open(output_dir / f"{name}.csv", "w", newline="") as f:
+
+
+def _write_csv(rows, path, fields):
+    with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(sorted(results, key=lambda r: (r["norm"], -r["per_replica_batch_size"], r["seed"])))
+        writer.writerows(rows)
+
+
+def _mean_error(records):
+    errors = [r["median_test_error_last5"] for r in records]
+    return f"{sum(errors) / len(errors):.1f}" if errors else "-"
+
+
+def _listed(results, key):
+    return ", ".join(str(v) for v in sorted({r[key] for r in results}))
+
+
+def report_batch_size(results, output_dir):
+    """Writes the CSV, markdown table and figure of the batch-size sweep."""
+    name = REPORT_NAMES["batch_size"]
+    output_dir = pathlib.Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    _write_csv(sorted(results, key=lambda r: (r["norm"], -r["per_replica_batch_size"], r["seed"])),
+               output_dir / f"{name}.csv", CSV_FIELDS)
 
     # Every size of the paper's figure, so that a sweep in progress shows its gaps.
     sizes = sorted({r["per_replica_batch_size"] for r in results} | set(PAPER["bn"]), reverse=True)
 
     def cell(norm, size):
-        errors = [r["median_test_error_last5"] for r in results
-                  if r["norm"] == norm and r["per_replica_batch_size"] == size]
-        return f"{sum(errors) / len(errors):.1f}" if errors else ""
+        error = _mean_error([r for r in results if r["norm"] == norm and r["per_replica_batch_size"] == size])
+        return "" if error == "-" else error
 
     def listed(key):
-        return ", ".join(str(v) for v in sorted({r[key] for r in results}))
+        return _listed(results, key)
 
     lines = [f"CIFAR-10 test error (%) of ResNet-20, median of the last 5 epochs (mean over seeds); "
              f"epochs: {listed('epochs')}; seeds: {listed('seed')}; replicas: {listed('replicas')}; "
@@ -191,17 +262,60 @@ def report(results, output_dir, name="batch_size_sweep"):
     plt.close(figure)
 
 
+def report_groups(results, output_dir):
+    """Writes the CSV and markdown tables of the group-division ablation,
+    beside the paper's Table 3."""
+    name = REPORT_NAMES["groups"]
+    output_dir = pathlib.Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    _write_csv(sorted(results, key=lambda r: (r["group_size"] is not None, -(r["groups"] or r["group_size"]),
+                                              r["seed"])),
+               output_dir / f"{name}.csv", ["groups", "group_size", "gn_groups"] + CSV_FIELDS)
+
+    def per_stage(records):
+        """Groups in the 16/32/64-channel stages, as the runs recorded them."""
+        grouping = next((r["gn_groups"] for r in records if r.get("gn_groups")), None)
+        return "/".join(str(grouping[str(c)]) for c in RESNET20_WIDTHS) if grouping else "-"
+
+    def table(key, values, paper, label, extreme):
+        runs = {v: [r for r in results if r[key] == v] for v in values}
+        heading = [f"{v} (={extreme})" if v == 1 else str(v) for v in values]
+        return ["| " + label + " | " + " | ".join(heading) + " |",
+                "| --- |" + " ---: |" * len(values),
+                "| GN (this ablation) | " + " | ".join(_mean_error(runs[v]) for v in values) + " |",
+                "| groups in the 16/32/64-channel stages | " + " | ".join(per_stage(runs[v]) for v in values) + " |",
+                "| GN (paper, ImageNet) | " + " | ".join(str(paper.get(v, "")) for v in values) + " |"]
+
+    group_counts = sorted({r["groups"] for r in results if r["groups"] is not None}
+                          | set(GROUP_COUNTS), reverse=True)
+    group_sizes = sorted({r["group_size"] for r in results if r["group_size"] is not None}
+                         | set(GROUP_SIZES), reverse=True)
+    lines = [f"CIFAR-10 test error (%) of GN ResNet-20 by grouping, median of the last 5 epochs (mean over "
+             f"seeds); epochs: {_listed(results, 'epochs')}; seeds: {_listed(results, 'seed')}; replicas: "
+             f"{_listed(results, 'replicas')}; images per replica: {_listed(results, 'per_replica_batch_size')}; "
+             f"{len(results)} runs (- : not run yet). The paper's Table 3 (ImageNet ResNet-50, top-1 error) "
+             "beside it.", "",
+             *table("groups", group_counts, PAPER_GROUPS, "groups (G)", "LN"), "",
+             *table("group_size", group_sizes, PAPER_GROUP_SIZES, "channels per group", "IN")]
+    (output_dir / f"{name}.md").write_text("\n".join(lines) + "\n")
+
+
+REPORTS = {"batch_size": report_batch_size, "groups": report_groups}
+
+
 def main(argv):
     if len(argv) != 2 or argv[1] not in ("run", "report"):
         raise app.UsageError("usage: python -m train.experiments run|report [flags]")
     if argv[1] == "run":
         run_sweep()
     else:
-        results = read_results(FLAGS.results)
+        path = results_path()
+        results = [r for r in read_results(path) if r.get("sweep", "batch_size") == FLAGS.sweep]
         if not results:
-            raise app.UsageError(f"{FLAGS.results} has no results yet; run the sweep first.")
-        report(results, FLAGS.output_dir)
-        print(f"wrote {FLAGS.output_dir}/batch_size_sweep.csv, .md and .png")
+            raise app.UsageError(f"{path} has no results of --sweep={FLAGS.sweep} yet; run the sweep first.")
+        REPORTS[FLAGS.sweep](results, FLAGS.output_dir)
+        print(f"wrote {FLAGS.output_dir}/{REPORT_NAMES[FLAGS.sweep]}.csv and .md"
+              + (" and .png" if FLAGS.sweep == "batch_size" else ""))
 
 
 if __name__ == "__main__":

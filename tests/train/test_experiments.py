@@ -1,4 +1,5 @@
-"""Tests of the resumable sweep runner and its report."""
+"""Tests of the resumable sweep runners (batch size, group division) and
+their reports."""
 
 import json
 import os
@@ -12,11 +13,11 @@ from train import experiments
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
-def sweep(tmp_path, *extra):
+def sweep(tmp_path, *extra, results="sweep.jsonl"):
     return subprocess.run(
         [sys.executable, "-m", "train.experiments", "run", "--fake_data", "--epochs=1", "--steps_per_epoch=2",
          "--per_replica_batch_sizes=4", "--norms=bn,gn", "--replicas=2",
-         f"--results={tmp_path / 'sweep.jsonl'}", f"--runs_dir={tmp_path / 'runs'}", *extra],
+         f"--results={tmp_path / results}", f"--runs_dir={tmp_path / 'runs'}", *extra],
         capture_output=True, text=True, env=ENV, timeout=900)
 
 
@@ -53,7 +54,7 @@ def test_report_writes_csv_table_and_figure(tmp_path):
                     learning_rate=0.1, global_batch_size=8 * b, replicas=8, dataset="folder:cifar10")
                for n, errors in (("bn", (8.0, 9.0, 20.0)), ("gn", (9.0, 9.1, 9.2)))
                for b, e in zip((32, 8, 2), errors)]
-    experiments.report(results, tmp_path)
+    experiments.report_batch_size(results, tmp_path)
     table = (tmp_path / "batch_size_sweep.md").read_text()
     assert "epochs: 30; seeds: 0; replicas: 8; 6 runs" in table
     assert "| images per replica | 32 | 16 | 8 | 4 | 2 |" in table
@@ -61,3 +62,48 @@ def test_report_writes_csv_table_and_figure(tmp_path):
     assert "| GN (paper, ImageNet) | 24.1 | 24.2 | 24.0 | 24.2 | 24.1 |" in table
     assert len((tmp_path / "batch_size_sweep.csv").read_text().splitlines()) == 7
     assert (tmp_path / "batch_size_sweep.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_group_sweep_trains_each_grouping_and_records_the_one_the_model_used(tmp_path):
+    result = sweep(tmp_path, "--sweep=groups", "--group_counts=2", "--group_sizes=4", "--ablation_batch_size=4",
+                   results="groups.jsonl")
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = experiments.read_results(tmp_path / "groups.jsonl")
+    assert [r["run_id"] for r in records] == ["resnet20_gn_g2_b4_e1_s0", "resnet20_gn_cpg4_b4_e1_s0"]
+    assert [(r["sweep"], r["norm"], r["groups"], r["group_size"]) for r in records] == [
+        ("groups", "gn", 2, None), ("groups", "gn", None, 4)]
+    # {channels: groups} of the GN layers of the trained model (ResNet-20's stages: 16, 32, 64 channels).
+    assert records[0]["gn_groups"] == {"16": 2, "32": 2, "64": 2}
+    assert records[1]["gn_groups"] == {"16": 4, "32": 8, "64": 16}
+    # The batch-size sweep's file is not the place for these runs, nor the other way round.
+    (tmp_path / "sweep.jsonl").write_text((tmp_path / "groups.jsonl").read_text())
+    mixed = sweep(tmp_path, results="sweep.jsonl")
+    assert mixed.returncode != 0
+    assert "another sweep than --sweep=batch_size" in mixed.stderr and "resnet20_gn_g2_b4_e1_s0" in mixed.stderr
+    assert "--results=docs/batch_size_sweep.jsonl" in mixed.stderr
+
+
+def test_group_report_tables_beside_the_papers_table_3(tmp_path):
+    def record(groups, group_size, error, gn_groups):
+        return dict(run_id=f"g{groups}cpg{group_size}", sweep="groups", norm="gn", per_replica_batch_size=32,
+                    epochs=10, seed=0, groups=groups, group_size=group_size, gn_groups=gn_groups,
+                    final_test_error=error, median_test_error_last5=error, wall_seconds=1.0,
+                    images_per_second=1.0, learning_rate=0.1, global_batch_size=256, replicas=8,
+                    dataset="folder:cifar10", weight_decay=experiments.WEIGHT_DECAY)
+
+    results = [record(4, None, 40.0, {"16": 4, "32": 4, "64": 4}),
+               record(1, None, 45.5, {"16": 1, "32": 1, "64": 1}),
+               record(None, 1, 50.3, {"16": 16, "32": 32, "64": 64})]
+    experiments.report_groups(results, tmp_path)
+    table = (tmp_path / "group_ablation.md").read_text()
+    assert "epochs: 10; seeds: 0; replicas: 8; images per replica: 32; 3 runs" in table
+    assert "| groups (G) | 8 | 4 | 2 | 1 (=LN) |" in table
+    assert "| GN (this ablation) | - | 40.0 | - | 45.5 |" in table
+    assert "| groups in the 16/32/64-channel stages | - | 4/4/4 | - | 1/1/1 |" in table
+    assert "| GN (paper, ImageNet) | 24.4 | 24.6 | 24.7 | 25.3 |" in table
+    assert "| channels per group | 16 | 8 | 4 | 2 | 1 (=IN) |" in table
+    assert "| GN (this ablation) | - | - | - | - | 50.3 |" in table
+    assert "| groups in the 16/32/64-channel stages | - | - | - | - | 16/32/64 |" in table
+    assert "| GN (paper, ImageNet) | 24.2 | 24.3 | 24.8 | 25.6 | 28.4 |" in table
+    rows = (tmp_path / "group_ablation.csv").read_text().splitlines()
+    assert rows[0].startswith("groups,group_size,gn_groups,norm") and len(rows) == 4
