@@ -22,6 +22,7 @@ import dataclasses
 import pathlib
 import tarfile
 import tempfile
+from collections.abc import Callable
 
 import keras
 import keras_cv
@@ -47,7 +48,7 @@ class Source:
 
     encoded_train: tf.data.Dataset
     encoded_test: tf.data.Dataset
-    decode: callable
+    decode: Callable
     encoded_shuffle_buffer: int
     num_classes: int
     train_examples: int
