@@ -89,6 +89,11 @@ def results_path():
     return FLAGS.results or f"docs/{REPORT_NAMES[FLAGS.sweep]}.jsonl"
 
 
+def sweep_of(record):
+    """The sweep a result belongs to (the first batch-size runs predate the field)."""
+    return record.get("sweep", "batch_size")
+
+
 def base_learning_rate(replicas):
     """The CIFAR recipe's base rate (per 128 images of global batch, R * N)
     that gives the paper's 0.1 * N / 32 with N images per replica."""
@@ -159,7 +164,7 @@ def run_sweep():
         raise app.UsageError(
             f"{path} holds runs made with another weight decay than {WEIGHT_DECAY!r} "
             f"({', '.join(other)}); move that file aside or pass another --results.")
-    other = [r["run_id"] for r in results if r.get("sweep", "batch_size") != FLAGS.sweep]
+    other = [r["run_id"] for r in results if sweep_of(r) != FLAGS.sweep]
     if other:
         raise app.UsageError(
             f"{path} holds runs of another sweep than --sweep={FLAGS.sweep} ({', '.join(other)}); "
@@ -201,8 +206,9 @@ def _write_csv(rows, path, fields):
 
 
 def _mean_error(records):
+    """Mean over seeds of the runs' median errors, as table text ("" without runs)."""
     errors = [r["median_test_error_last5"] for r in records]
-    return f"{sum(errors) / len(errors):.1f}" if errors else "-"
+    return f"{sum(errors) / len(errors):.1f}" if errors else ""
 
 
 def _listed(results, key):
@@ -221,8 +227,7 @@ def report_batch_size(results, output_dir):
     sizes = sorted({r["per_replica_batch_size"] for r in results} | set(PAPER["bn"]), reverse=True)
 
     def cell(norm, size):
-        error = _mean_error([r for r in results if r["norm"] == norm and r["per_replica_batch_size"] == size])
-        return "" if error == "-" else error
+        return _mean_error([r for r in results if r["norm"] == norm and r["per_replica_batch_size"] == size])
 
     def listed(key):
         return _listed(results, key)
@@ -282,7 +287,7 @@ def report_groups(results, output_dir):
         heading = [f"{v} (={extreme})" if v == 1 else str(v) for v in values]
         return ["| " + label + " | " + " | ".join(heading) + " |",
                 "| --- |" + " ---: |" * len(values),
-                "| GN (this ablation) | " + " | ".join(_mean_error(runs[v]) for v in values) + " |",
+                "| GN (this ablation) | " + " | ".join(_mean_error(runs[v]) or "-" for v in values) + " |",
                 "| groups in the 16/32/64-channel stages | " + " | ".join(per_stage(runs[v]) for v in values) + " |",
                 "| GN (paper, ImageNet) | " + " | ".join(str(paper.get(v, "")) for v in values) + " |"]
 
@@ -310,7 +315,7 @@ def main(argv):
         run_sweep()
     else:
         path = results_path()
-        results = [r for r in read_results(path) if r.get("sweep", "batch_size") == FLAGS.sweep]
+        results = [r for r in read_results(path) if sweep_of(r) == FLAGS.sweep]
         if not results:
             raise app.UsageError(f"{path} has no results of --sweep={FLAGS.sweep} yet; run the sweep first.")
         REPORTS[FLAGS.sweep](results, FLAGS.output_dir)

@@ -13,6 +13,14 @@ from train import experiments
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
+def record(**fields):
+    """A results-file line with placeholder values, for report tests."""
+    return {**dict(run_id="run", norm="gn", per_replica_batch_size=32, epochs=10, seed=0, final_test_error=0.0,
+                   median_test_error_last5=0.0, wall_seconds=1.0, images_per_second=1.0, learning_rate=0.1,
+                   global_batch_size=256, replicas=8, dataset="folder:cifar10",
+                   weight_decay=experiments.WEIGHT_DECAY), **fields}
+
+
 def sweep(tmp_path, *extra, results="sweep.jsonl"):
     return subprocess.run(
         [sys.executable, "-m", "train.experiments", "run", "--fake_data", "--epochs=1", "--steps_per_epoch=2",
@@ -49,9 +57,8 @@ def test_sweep_refuses_to_mix_runs_of_another_weight_decay(tmp_path):
 
 def test_report_writes_csv_table_and_figure(tmp_path):
     pytest.importorskip("matplotlib")
-    results = [dict(run_id=f"{n}{b}", norm=n, per_replica_batch_size=b, epochs=30, seed=0,
-                    final_test_error=e, median_test_error_last5=e, wall_seconds=1.0, images_per_second=1.0,
-                    learning_rate=0.1, global_batch_size=8 * b, replicas=8, dataset="folder:cifar10")
+    results = [record(run_id=f"{n}{b}", norm=n, per_replica_batch_size=b, epochs=30, final_test_error=e,
+                      median_test_error_last5=e, global_batch_size=8 * b)
                for n, errors in (("bn", (8.0, 9.0, 20.0)), ("gn", (9.0, 9.1, 9.2)))
                for b, e in zip((32, 8, 2), errors)]
     experiments.report_batch_size(results, tmp_path)
@@ -84,16 +91,13 @@ def test_group_sweep_trains_each_grouping_and_records_the_one_the_model_used(tmp
 
 
 def test_group_report_tables_beside_the_papers_table_3(tmp_path):
-    def record(groups, group_size, error, gn_groups):
-        return dict(run_id=f"g{groups}cpg{group_size}", sweep="groups", norm="gn", per_replica_batch_size=32,
-                    epochs=10, seed=0, groups=groups, group_size=group_size, gn_groups=gn_groups,
-                    final_test_error=error, median_test_error_last5=error, wall_seconds=1.0,
-                    images_per_second=1.0, learning_rate=0.1, global_batch_size=256, replicas=8,
-                    dataset="folder:cifar10", weight_decay=experiments.WEIGHT_DECAY)
+    def grouped(groups, group_size, error, gn_groups):
+        return record(sweep="groups", groups=groups, group_size=group_size, gn_groups=gn_groups,
+                      final_test_error=error, median_test_error_last5=error)
 
-    results = [record(4, None, 40.0, {"16": 4, "32": 4, "64": 4}),
-               record(1, None, 45.5, {"16": 1, "32": 1, "64": 1}),
-               record(None, 1, 50.3, {"16": 16, "32": 32, "64": 64})]
+    results = [grouped(4, None, 40.0, {"16": 4, "32": 4, "64": 4}),
+               grouped(1, None, 45.5, {"16": 1, "32": 1, "64": 1}),
+               grouped(None, 1, 50.3, {"16": 16, "32": 32, "64": 64})]
     experiments.report_groups(results, tmp_path)
     table = (tmp_path / "group_ablation.md").read_text()
     assert "epochs: 10; seeds: 0; replicas: 8; images per replica: 32; 3 runs" in table
