@@ -20,13 +20,15 @@
 
 `run` trains each configuration not yet in the results file, one after
 another, as a separate `python -m train` process, and appends one JSON line
-per finished run. Killed at any point, it continues when started again: a
-finished run is skipped, an interrupted one resumes from its training
-backup (same `--runs_dir`). The sweep can be spread over several sessions.
+per finished run (its errors, wall time and per-epoch error curves). Killed
+at any point, it continues when started again: a finished run is skipped,
+an interrupted one resumes from its training backup (same `--runs_dir`).
+The sweep can be spread over several sessions.
 
 `report` writes `<output_dir>/batch_size_sweep.csv`, `.md` (a table beside
-the paper's numbers) and `.png` (test error vs images per replica, BN vs GN,
-in the style of the paper's Figure 1; needs matplotlib); with
+the paper's numbers, and one of the last epoch's training error) and `.png`
+(test error vs images per replica, BN vs GN, in the style of the paper's
+Figure 1, beside the training error; needs matplotlib); with
 `--sweep=groups`, `group_ablation.csv` and `.md` (beside the paper's
 Table 3).
 """
@@ -154,6 +156,16 @@ def train_command(config, model_dir):
     return command
 
 
+def curves(result):
+    """A run's error curves from its results.json, in % per epoch: the test
+    error after each epoch, and the training error as Keras logs it (the
+    running error over the epoch's augmented batches, the model in training
+    mode, so BN normalizes with the batch's statistics)."""
+    history = result["history"]
+    return dict(test_errors=[100.0 * (1.0 - h["val_accuracy"]) for h in history],
+                train_errors=[100.0 * (1.0 - h["accuracy"]) for h in history])
+
+
 def run_sweep():
     if not FLAGS.fake_data and not (FLAGS.data_dir and os.path.exists(FLAGS.data_dir)):
         raise app.UsageError(f"--data_dir={FLAGS.data_dir} does not exist (or pass --fake_data).")
@@ -187,6 +199,7 @@ def run_sweep():
             wall_seconds=result["wall_seconds_all_runs"], images_per_second=result["images_per_second"],
             dataset=result["dataset"], weight_decay=WEIGHT_DECAY,
             gn_groups=result.get("gn_groups"),  # {channels: groups}; runs before it was recorded: None
+            **curves(result),
         )
         pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a") as f:
@@ -194,8 +207,8 @@ def run_sweep():
 
 
 CSV_FIELDS = ["norm", "per_replica_batch_size", "epochs", "seed", "final_test_error",
-              "median_test_error_last5", "wall_seconds", "images_per_second", "learning_rate",
-              "global_batch_size", "replicas", "dataset", "weight_decay"]
+              "median_test_error_last5", "final_train_error", "wall_seconds", "images_per_second",
+              "learning_rate", "global_batch_size", "replicas", "dataset", "weight_decay"]
 
 
 def _write_csv(rows, path, fields):
@@ -205,10 +218,25 @@ def _write_csv(rows, path, fields):
         writer.writerows(rows)
 
 
+def _final_train_error(record):
+    """The training error of a run's last epoch (None for a run recorded
+    without its curves)."""
+    return record["train_errors"][-1] if record.get("train_errors") else None
+
+
+def _with_final_train_error(records):
+    return [{**r, "final_train_error": _final_train_error(r)} for r in records]
+
+
+def _mean(values):
+    """Mean over seeds, as table text ("" without values)."""
+    values = [v for v in values if v is not None]
+    return f"{sum(values) / len(values):.1f}" if values else ""
+
+
 def _mean_error(records):
-    """Mean over seeds of the runs' median errors, as table text ("" without runs)."""
-    errors = [r["median_test_error_last5"] for r in records]
-    return f"{sum(errors) / len(errors):.1f}" if errors else ""
+    """Mean over seeds of the runs' median test errors, as table text."""
+    return _mean([r["median_test_error_last5"] for r in records])
 
 
 def _listed(results, key):
@@ -216,32 +244,44 @@ def _listed(results, key):
 
 
 def report_batch_size(results, output_dir):
-    """Writes the CSV, markdown table and figure of the batch-size sweep."""
+    """Writes the CSV, markdown tables and figure of the batch-size sweep."""
     name = REPORT_NAMES["batch_size"]
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    _write_csv(sorted(results, key=lambda r: (r["norm"], -r["per_replica_batch_size"], r["seed"])),
-               output_dir / f"{name}.csv", CSV_FIELDS)
+    ordered = sorted(results, key=lambda r: (r["norm"], -r["per_replica_batch_size"], r["seed"]))
+    _write_csv(_with_final_train_error(ordered), output_dir / f"{name}.csv", CSV_FIELDS)
 
     # Every size of the paper's figure, so that a sweep in progress shows its gaps.
     sizes = sorted({r["per_replica_batch_size"] for r in results} | set(PAPER["bn"]), reverse=True)
 
-    def cell(norm, size):
-        return _mean_error([r for r in results if r["norm"] == norm and r["per_replica_batch_size"] == size])
+    def runs(norm, size):
+        return [r for r in results if r["norm"] == norm and r["per_replica_batch_size"] == size]
+
+    def test_error(norm, size):
+        return _mean_error(runs(norm, size))
+
+    def train_error(norm, size):
+        return _mean([_final_train_error(r) for r in runs(norm, size)])
 
     def listed(key):
         return _listed(results, key)
 
+    def rows(cell):
+        return [f"| {norm.upper()} (this sweep) | " + " | ".join(cell(norm, s) or "-" for s in sizes) + " |"
+                for norm in ("bn", "gn")]
+
+    heading = ["| images per replica | " + " | ".join(str(s) for s in sizes) + " |",
+               "| --- |" + " ---: |" * len(sizes)]
     lines = [f"CIFAR-10 test error (%) of ResNet-20, median of the last 5 epochs (mean over seeds); "
              f"epochs: {listed('epochs')}; seeds: {listed('seed')}; replicas: {listed('replicas')}; "
              f"{len(results)} runs (- : not run yet). The paper's ImageNet ResNet-50 top-1 error beside it.", "",
-             "| images per replica | " + " | ".join(str(s) for s in sizes) + " |",
-             "| --- |" + " ---: |" * len(sizes)]
-    for norm in ("bn", "gn"):
-        lines.append(f"| {norm.upper()} (this sweep) | " + " | ".join(cell(norm, s) or "-" for s in sizes) + " |")
+             *heading, *rows(test_error)]
     for norm in ("bn", "gn"):
         lines.append(f"| {norm.upper()} (paper, ImageNet) | "
                      + " | ".join(str(PAPER[norm].get(s, "")) for s in sizes) + " |")
+    lines += ["", "Training error (%) in the last epoch (mean over seeds): the running error over the epoch's "
+              "augmented batches, the model in training mode (BN normalizing with each batch's statistics), as "
+              "Keras logs it.", "", *heading, *rows(train_error)]
     (output_dir / f"{name}.md").write_text("\n".join(lines) + "\n")
 
     import matplotlib
@@ -249,19 +289,22 @@ def report_batch_size(results, output_dir):
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(5, 3.6))
-    for norm, style in (("bn", "o-"), ("gn", "s-")):
-        points = [(s, float(cell(norm, s))) for s in sizes if cell(norm, s)]
-        if points:
-            axis.plot([p[0] for p in points], [p[1] for p in points], style, label=norm.upper())
-    axis.set_xscale("log", base=2)
-    axis.set_xticks(sizes, [str(s) for s in sizes])
-    axis.invert_xaxis()
-    axis.set_xlabel("images per replica (8 replicas)")
-    axis.set_ylabel("test error (%)")
-    axis.set_title(f"ResNet-20 on CIFAR-10, {listed('epochs')} epochs: BN vs GN")
-    axis.legend()
-    axis.grid(alpha=0.3)
+    figure, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for axis, cell, title in ((axes[0], test_error, "test error, median of the last 5 epochs"),
+                              (axes[1], train_error, "training error, last epoch")):
+        for norm, style in (("bn", "o-"), ("gn", "s-")):
+            points = [(s, float(cell(norm, s))) for s in sizes if cell(norm, s)]
+            if points:
+                axis.plot([p[0] for p in points], [p[1] for p in points], style, label=norm.upper())
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(sizes, [str(s) for s in sizes])
+        axis.invert_xaxis()
+        axis.set_xlabel("images per replica (8 replicas)")
+        axis.set_ylabel("error (%)")
+        axis.set_title(title, fontsize="medium")
+        axis.legend()
+        axis.grid(alpha=0.3)
+    figure.suptitle(f"ResNet-20 on CIFAR-10, {listed('epochs')} epochs: BN vs GN")
     figure.tight_layout()
     figure.savefig(output_dir / f"{name}.png", dpi=120)
     plt.close(figure)
@@ -273,9 +316,10 @@ def report_groups(results, output_dir):
     name = REPORT_NAMES["groups"]
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    _write_csv(sorted(results, key=lambda r: (r["group_size"] is not None, -(r["groups"] or r["group_size"]),
-                                              r["seed"])),
-               output_dir / f"{name}.csv", ["groups", "group_size", "gn_groups"] + CSV_FIELDS)
+    ordered = sorted(results, key=lambda r: (r["group_size"] is not None, -(r["groups"] or r["group_size"]),
+                                             r["seed"]))
+    _write_csv(_with_final_train_error(ordered), output_dir / f"{name}.csv",
+               ["groups", "group_size", "gn_groups"] + CSV_FIELDS)
 
     def per_stage(records):
         """Groups in the 16/32/64-channel stages, as the runs recorded them."""

@@ -41,6 +41,10 @@ def test_sweep_appends_each_run_once_and_continues_where_it_stopped(tmp_path):
         assert r["learning_rate"] == pytest.approx(0.1 * 4 / 32)
         assert 0 <= r["final_test_error"] <= 100
         assert r["weight_decay"] == experiments.WEIGHT_DECAY
+        # The per-epoch curves, in %: the last test error is the final one.
+        assert len(r["test_errors"]) == len(r["train_errors"]) == 1
+        assert r["test_errors"][-1] == pytest.approx(r["final_test_error"])
+        assert 0 <= r["train_errors"][0] <= 100
     again = sweep(tmp_path)
     assert "2 runs in" in again.stdout and "0 to go" in again.stdout
     assert len(experiments.read_results(tmp_path / "sweep.jsonl")) == 2
@@ -58,16 +62,23 @@ def test_sweep_refuses_to_mix_runs_of_another_weight_decay(tmp_path):
 def test_report_writes_csv_table_and_figure(tmp_path):
     pytest.importorskip("matplotlib")
     results = [record(run_id=f"{n}{b}", norm=n, per_replica_batch_size=b, epochs=30, final_test_error=e,
-                      median_test_error_last5=e, global_batch_size=8 * b)
+                      median_test_error_last5=e, global_batch_size=8 * b, train_errors=[50.0, e - 1.0])
                for n, errors in (("bn", (8.0, 9.0, 20.0)), ("gn", (9.0, 9.1, 9.2)))
                for b, e in zip((32, 8, 2), errors)]
+    results.append(record(run_id="gn4", per_replica_batch_size=4, epochs=30, median_test_error_last5=9.3))  # no curves
     experiments.report_batch_size(results, tmp_path)
-    table = (tmp_path / "batch_size_sweep.md").read_text()
-    assert "epochs: 30; seeds: 0; replicas: 8; 6 runs" in table
-    assert "| images per replica | 32 | 16 | 8 | 4 | 2 |" in table
-    assert "| BN (this sweep) | 8.0 | - | 9.0 | - | 20.0 |" in table
-    assert "| GN (paper, ImageNet) | 24.1 | 24.2 | 24.0 | 24.2 | 24.1 |" in table
-    assert len((tmp_path / "batch_size_sweep.csv").read_text().splitlines()) == 7
+    test_table, train_table = (tmp_path / "batch_size_sweep.md").read_text().split("Training error")
+    assert "epochs: 30; seeds: 0; replicas: 8; 7 runs" in test_table
+    assert "| images per replica | 32 | 16 | 8 | 4 | 2 |" in test_table
+    assert "| BN (this sweep) | 8.0 | - | 9.0 | - | 20.0 |" in test_table
+    assert "| GN (this sweep) | 9.0 | - | 9.1 | 9.3 | 9.2 |" in test_table
+    assert "| GN (paper, ImageNet) | 24.1 | 24.2 | 24.0 | 24.2 | 24.1 |" in test_table
+    # The last epoch's training error; a run recorded without its curves has none.
+    assert "| BN (this sweep) | 7.0 | - | 8.0 | - | 19.0 |" in train_table
+    assert "| GN (this sweep) | 8.0 | - | 8.1 | - | 8.2 |" in train_table
+    rows = (tmp_path / "batch_size_sweep.csv").read_text().splitlines()
+    assert len(rows) == 8 and ",final_train_error," in rows[0]
+    assert rows[1].startswith("bn,32,30,0,8.0,8.0,7.0,")
     assert (tmp_path / "batch_size_sweep.png").read_bytes()[:4] == b"\x89PNG"
 
 
