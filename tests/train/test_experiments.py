@@ -65,7 +65,8 @@ def test_report_writes_csv_table_and_figure(tmp_path):
                       median_test_error_last5=e, global_batch_size=8 * b, train_errors=[50.0, e - 1.0])
                for n, errors in (("bn", (8.0, 9.0, 20.0)), ("gn", (9.0, 9.1, 9.2)))
                for b, e in zip((32, 8, 2), errors)]
-    results.append(record(run_id="gn4", per_replica_batch_size=4, epochs=30, median_test_error_last5=9.3))  # no curves
+    # A run recorded without its curves.
+    results.append(record(run_id="gn4", per_replica_batch_size=4, epochs=30, median_test_error_last5=9.3))
     experiments.report_batch_size(results, tmp_path)
     test_table, train_table = (tmp_path / "batch_size_sweep.md").read_text().split("Training error")
     assert "epochs: 30; seeds: 0; replicas: 8; 7 runs" in test_table
