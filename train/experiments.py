@@ -211,21 +211,18 @@ CSV_FIELDS = ["norm", "per_replica_batch_size", "epochs", "seed", "final_test_er
               "learning_rate", "global_batch_size", "replicas", "dataset", "weight_decay"]
 
 
-def _write_csv(rows, path, fields):
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def _final_train_error(record):
     """The training error of a run's last epoch (None for a run recorded
     without its curves)."""
     return record["train_errors"][-1] if record.get("train_errors") else None
 
 
-def _with_final_train_error(records):
-    return [{**r, "final_train_error": _final_train_error(r)} for r in records]
+def _write_csv(records, path, fields):
+    """One row per run, with its last epoch's training error."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows({**r, "final_train_error": _final_train_error(r)} for r in records)
 
 
 def _mean(values):
@@ -249,7 +246,7 @@ def report_batch_size(results, output_dir):
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     ordered = sorted(results, key=lambda r: (r["norm"], -r["per_replica_batch_size"], r["seed"]))
-    _write_csv(_with_final_train_error(ordered), output_dir / f"{name}.csv", CSV_FIELDS)
+    _write_csv(ordered, output_dir / f"{name}.csv", CSV_FIELDS)
 
     # Every size of the paper's figure, so that a sweep in progress shows its gaps.
     sizes = sorted({r["per_replica_batch_size"] for r in results} | set(PAPER["bn"]), reverse=True)
@@ -318,8 +315,7 @@ def report_groups(results, output_dir):
     output_dir.mkdir(parents=True, exist_ok=True)
     ordered = sorted(results, key=lambda r: (r["group_size"] is not None, -(r["groups"] or r["group_size"]),
                                              r["seed"]))
-    _write_csv(_with_final_train_error(ordered), output_dir / f"{name}.csv",
-               ["groups", "group_size", "gn_groups"] + CSV_FIELDS)
+    _write_csv(ordered, output_dir / f"{name}.csv", ["groups", "group_size", "gn_groups"] + CSV_FIELDS)
 
     def per_stage(records):
         """Groups in the 16/32/64-channel stages, as the runs recorded them."""
