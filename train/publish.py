@@ -33,6 +33,11 @@ FLAGS = flags.FLAGS
 # same weights on the same images differ at most by float round-off, which
 # can flip a near-tie (a few images in 10,000).
 ACCURACY_TOLERANCE = 0.0005
+# The same for the mean test cross-entropy (Keras' `val_loss`; the weight
+# decay is in the optimizer, not in the loss). Accuracy alone can miss other
+# weights or another grouping: a model that predicts one class scores the
+# same either way, but its loss does not.
+LOSS_TOLERANCE = 0.001
 
 
 class PublishError(ValueError):
@@ -104,19 +109,25 @@ def evaluation_split(run, recipe, data_dir):
     return data.pipelines(source, recipe, 250)[1], source.test_examples
 
 
-def accuracy(model, dataset, examples):
-    """Top-1 accuracy of `model` on `dataset`, with a progress bar."""
+def evaluate(model, dataset, examples):
+    """Top-1 accuracy and mean cross-entropy of `model` (which outputs
+    softmax probabilities, as the zoo's models do) on `dataset`, with a
+    progress bar."""
     import keras
     import numpy as np
 
     correct = seen = 0
+    cross_entropy = 0.0
     progress = keras.utils.Progbar(examples, unit_name="image")
     for images, labels in dataset:
-        predictions = np.argmax(model.predict_on_batch(images), axis=-1)
-        correct += int(np.sum(predictions == labels.numpy()))
-        seen += len(predictions)
+        probabilities = np.asarray(model.predict_on_batch(images), np.float64)
+        labels = labels.numpy()
+        correct += int(np.sum(np.argmax(probabilities, axis=-1) == labels))
+        of_label = probabilities[np.arange(len(labels)), labels]
+        cross_entropy -= float(np.sum(np.log(np.maximum(of_label, np.finfo(np.float32).tiny))))
+        seen += len(labels)
         progress.update(seen)
-    return correct / seen
+    return correct / seen, cross_entropy / seen
 
 
 def registry_entry(arch, tag, run, recipe, grouping, top1, sha256, filename, dataset_name, default_for):
@@ -175,13 +186,13 @@ def publish(model_dir, tag, data_dir=None, dataset_name="cifar10", default_for=N
     model = build(arch, recipe, run["num_classes"], grouping)
     model.load_weights(pathlib.Path(model_dir) / "final.weights.h5")
     dataset, run["test_examples"] = evaluation_split(run, recipe, data_dir)
-    top1 = accuracy(model, dataset, run["test_examples"])
-    expected = run["history"][-1]["val_accuracy"]
-    if abs(top1 - expected) > ACCURACY_TOLERANCE:
+    top1, loss = evaluate(model, dataset, run["test_examples"])
+    last = run["history"][-1]
+    if abs(top1 - last["val_accuracy"]) > ACCURACY_TOLERANCE or abs(loss - last["val_loss"]) > LOSS_TOLERANCE:
         raise PublishError(
-            f"{model_dir}/final.weights.h5 reaches {100 * top1:.2f}% on the test split, but the run's last "
-            f"evaluation was {100 * expected:.2f}%: these are not the weights the run evaluated, or the "
-            "data is not the run's (check --data_dir).")
+            f"{model_dir}/final.weights.h5 reaches {100 * top1:.2f}% (loss {loss:.4f}) on the test split, but "
+            f"the run's last evaluation was {100 * last['val_accuracy']:.2f}% (loss {last['val_loss']:.4f}): "
+            "these are not the weights the run evaluated, or the data is not the run's (check --data_dir).")
 
     filename = f"{arch}.{tag}.weights.h5"
     pretrained_dir.mkdir(parents=True, exist_ok=True)

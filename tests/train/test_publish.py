@@ -84,14 +84,20 @@ def test_publishing_again_replaces_the_entry(finished_run, zoo_dirs):
     assert [r["tag"] for r in json.loads(registry.read_text())].count("resnet20_gn.fake") == 1
 
 
-def test_weights_that_are_not_the_runs_are_refused(finished_run, zoo_dirs, tmp_path):
+@pytest.mark.parametrize("metric, change", [
+    # The run's record says 20 points more than these weights reach (as when
+    # final.weights.h5 was overwritten, or another run's data is given).
+    ("val_accuracy", 0.2),
+    # The same accuracy, but a loss 0.01 apart: other weights can tie on
+    # accuracy (a model that predicts one class always does).
+    ("val_loss", 0.01),
+])
+def test_weights_that_are_not_the_runs_are_refused(finished_run, zoo_dirs, tmp_path, metric, change):
     registry, _ = zoo_dirs
     before = registry.read_text()
     model_dir = run_copy(finished_run, tmp_path)
-    # The run's record says 20 points more than these weights reach (as when
-    # final.weights.h5 was overwritten, or another run's data is given).
     results = json.loads((model_dir / "results.json").read_text())
-    results["history"][-1]["val_accuracy"] += 0.2
+    results["history"][-1][metric] += change
     (model_dir / "results.json").write_text(json.dumps(results))
     with pytest.raises(publish_lib.PublishError, match="these are not the weights the run evaluated"):
         publish_lib.publish(str(model_dir), "fake")
