@@ -53,6 +53,10 @@ flags.DEFINE_bool("sync_bn", False, "Synchronize BN statistics across replicas (
 flags.DEFINE_float("base_learning_rate", None, "Learning rate per reference batch (0.1 per 256 ImageNet, per 128 CIFAR).")
 flags.DEFINE_float("warmup_epochs", 0, "Linear learning-rate warm-up.")
 flags.DEFINE_float("weight_decay", None, "Default: the recipe's (1e-4).")
+flags.DEFINE_enum("schedule", None, list(recipes.SCHEDULES), "Learning-rate schedule: the recipe's steps "
+                  "(default), or a cosine from the peak to 0 at the last step.")
+flags.DEFINE_integer("cutout", None, "Cutout (DeVries & Taylor 2017) of this many pixels square on the "
+                     "training images, filled with the dataset mean (CIFAR-10: 16). Default: the recipe's (none).")
 flags.DEFINE_bool("decay_norm_parameters", True, "Apply weight decay to GN/BN gamma and beta (the paper does; "
                   "fine-tuning never does).")
 flags.DEFINE_integer("image_size", None, "Training crop size. Default: the recipe's.")
@@ -93,13 +97,18 @@ def _validate_and_recipe():
         cifar_model = zoo.default_image_size(FLAGS.model) == 32
         name = "cifar" if FLAGS.dataset.startswith("cifar") or cifar_model else "imagenet"
     base = recipes.RECIPES[name]
-    return recipes.Recipe(**{
-        **base.__dict__,
-        "epochs": FLAGS.epochs or base.epochs,
-        "per_replica_batch_size": FLAGS.per_replica_batch_size or base.per_replica_batch_size,
-        "weight_decay": base.weight_decay if FLAGS.weight_decay is None else FLAGS.weight_decay,
-        "image_size": FLAGS.image_size or base.image_size,
-    })
+    try:
+        return recipes.Recipe(**{
+            **base.__dict__,
+            "epochs": FLAGS.epochs or base.epochs,
+            "per_replica_batch_size": FLAGS.per_replica_batch_size or base.per_replica_batch_size,
+            "weight_decay": base.weight_decay if FLAGS.weight_decay is None else FLAGS.weight_decay,
+            "image_size": FLAGS.image_size or base.image_size,
+            "schedule": FLAGS.schedule or base.schedule,
+            "cutout": base.cutout if FLAGS.cutout is None else FLAGS.cutout,
+        })
+    except ValueError as error:
+        _fail(f"--{error}")
 
 
 def _source(recipe):
@@ -226,9 +235,11 @@ def main(argv):
     model.save_weights(os.path.join(model_dir, "final.weights.h5"))
 
     history = [log.history[e] for e in sorted(log.history)]
+    key_flags = FLAGS.get_key_flags_for_module(sys.modules[__name__])
     errors = [100.0 * (1.0 - h["val_accuracy"]) for h in history if "val_accuracy" in h]
     results = dict(
-        flags={f.name: f.value for f in FLAGS.get_key_flags_for_module(sys.modules[__name__])},
+        flags={f.name: f.value for f in key_flags},
+        command_flags=[f.serialize() for f in key_flags if f.present],  # as given: --noname for a False bool
         recipe=recipe.__dict__, dataset=source.name, num_classes=source.num_classes,
         replicas=replicas, global_batch_size=global_batch, steps_per_epoch=steps,
         epochs_completed=len(history), total_steps=sum(h["steps"] for h in history),

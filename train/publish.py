@@ -133,9 +133,12 @@ def evaluate(model, dataset, examples):
 def registry_entry(arch, tag, run, recipe, grouping, top1, sha256, filename, dataset_name, default_for):
     run_flags = run["flags"]
     machine_specific = ("model_dir", "data_dir", "verbose")
-    command = ["python -m train"] + [
-        f"--{name}={value}" for name, value in run_flags.items()
-        if name not in machine_specific and not (value is None or value is False or value == "none")]
+    if "command_flags" in run:  # the flags as given
+        given = [arg for arg in run["command_flags"] if arg.lstrip("-").split("=")[0] not in machine_specific]
+    else:  # an older run: its flags' values, where set
+        given = [f"--{name}={value}" for name, value in run_flags.items()
+                 if name not in machine_specific and not (value is None or value is False or value == "none")]
+    command = ["python -m train"] + given
     return {
         "tag": f"{arch}.{tag}",
         "format": "keras",

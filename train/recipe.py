@@ -13,6 +13,12 @@ images, divided by 10 at 50% and 75% of the epochs (He et al.: iterations
 32k and 48k of 64k), weight decay 1e-4, momentum 0.9; 4-pixel padding with
 random 32 px crops, and flips.
 
+Beyond the papers, on request (`--schedule=cosine`, `--cutout`): a cosine
+decay of the rate to 0 over the epochs instead of the steps (Loshchilov &
+Hutter 2017), and Cutout (DeVries & Taylor 2017): a square of the training
+image, centred anywhere in it and clipped at its borders, set to the
+dataset mean (0 after the model's normalization).
+
 Weight decay is the papers' L2 term, added to the gradient before the
 momentum (`zoo.optimizers.SGD`), not Keras' decoupled decay, which with
 momentum 0.9 is about 10 times weaker at the same value.
@@ -37,6 +43,17 @@ class Recipe:
     eval_resize: int  # shorter side before the center crop (0: no crop)
     mean: tuple  # RGB input normalization (of values in [0, 1]) inside the model
     std: tuple
+    schedule: str = "step"  # or "cosine": from the peak to 0 over the epochs
+    cutout: int = 0  # side in pixels of the training images' Cutout square; 0: none
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule={self.schedule!r}; valid: {', '.join(map(repr, SCHEDULES))}.")
+        if not 0 <= self.cutout <= self.image_size:
+            raise ValueError(f"cutout={self.cutout}; valid: 0 (none) to the image size, {self.image_size}.")
+
+
+SCHEDULES = ("step", "cosine")
 
 
 IMAGENET = Recipe("imagenet", epochs=100, per_replica_batch_size=32, base_learning_rate=0.1,
@@ -85,8 +102,17 @@ class StepSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def schedule(recipe, epochs, steps_per_epoch, peak, warmup_epochs=0):
+    """The recipe's learning-rate schedule: the steps at `decay_at`, or a
+    cosine to 0 at the last step; both after the linear warm-up."""
+    warmup_steps = int(warmup_epochs * steps_per_epoch)
+    if recipe.schedule == "cosine":
+        decay_steps = max(epochs * steps_per_epoch - warmup_steps, 1)
+        if not warmup_steps:
+            return keras.optimizers.schedules.CosineDecay(peak, decay_steps)
+        return keras.optimizers.schedules.CosineDecay(0.0, decay_steps, warmup_target=peak,
+                                                      warmup_steps=warmup_steps)
     boundaries = [int(round(f * epochs)) * steps_per_epoch for f in recipe.decay_at]
-    return StepSchedule(peak, [b for b in boundaries if b > 0], warmup_epochs * steps_per_epoch)
+    return StepSchedule(peak, [b for b in boundaries if b > 0], warmup_steps)
 
 
 def optimizer(learning_rate, weight_decay, decay_norm_parameters=True, momentum=0.9):

@@ -47,6 +47,16 @@ def test_a_few_steps_on_real_cifar10(tmp_path):
         assert os.path.exists(tmp_path / name), name
 
 
+def test_cosine_schedule_and_cutout_are_recorded(tmp_path):
+    train(*SMOKE, "--schedule=cosine", "--cutout=16", "--per_replica_batch_size=16", "--steps_per_epoch=2",
+          "--epochs=2", f"--model_dir={tmp_path}")
+    r = results(tmp_path)
+    assert (r["recipe"]["schedule"], r["recipe"]["cutout"]) == ("cosine", 16)
+    assert (r["flags"]["schedule"], r["flags"]["cutout"]) == ("cosine", 16)
+    # At each epoch's start: the peak (0.1 * 16 / 128), then half of it after 2 of the 4 steps.
+    np.testing.assert_allclose([h["learning_rate"] for h in r["history"]], [0.0125, 0.00625], rtol=1e-5)
+
+
 def test_tfds_mock_data(tmp_path):
     code = textwrap.dedent(f"""
         import sys
@@ -205,6 +215,8 @@ def test_killed_run_resumes_without_duplicated_or_lost_epochs(tmp_path):
     (["--fake_data", "--per_replica_batch_size=2000"], "more than the 1024 training examples"),
     (["--num_cpu_devices=4"], "--num_cpu_devices needs --strategy=mirrored"),
     (["--init=in1k_nothing"], "--init=in1k_nothing: weights='in1k_nothing' is neither None"),
+    (["--cutout=40"], "--cutout=40; valid: 0 (none) to the image size, 32."),
+    (["--schedule=linear"], "value should be one of <step|cosine>"),
 ])
 def test_bad_flags_fail_at_start_with_what_is_valid(tmp_path, args, message):
     result = train(f"--model_dir={tmp_path}", *args, check=False, timeout=300)

@@ -1,6 +1,7 @@
 """Tests of the input pipelines on images made here, on the real CIFAR-10
 (when KERAS_GN_CIFAR10 is set) and on TFDS mock data."""
 
+import dataclasses
 import os
 import tarfile
 
@@ -81,6 +82,43 @@ def test_cifar_recipe_shuffles_the_cached_decoded_images(tmp_path):
     source = data.image_folder(make_folder(tmp_path / "pets", size=32))
     train, _ = data.pipelines(source, recipe.CIFAR, global_batch=2)
     assert shuffles(train) == [([tf.uint8, tf.int64], 6)]
+    # All of them, at CIFAR-10's size too (50,000 decoded images: 150 MB).
+    train, _ = data.pipelines(data.fake(10, 32, num_examples=50_000), recipe.CIFAR, global_batch=2)
+    assert shuffles(train) == [([tf.uint8, tf.int32], 50_000)]
+
+
+@pytest.mark.parametrize("side", [1, 8, 16])
+def test_cutout_is_a_clipped_square_of_the_fill(side):
+    """Against a NumPy reference of DeVries & Taylor's cutout: the square
+    centred on (y, x), rows y - side//2 ... y - side//2 + side - 1, clipped."""
+    image = tf.constant(np.random.default_rng(side).uniform(1, 255, (32, 32, 3)), tf.float32)
+    fill = np.array([10.0, 20.0, 30.0], np.float32)
+    centers = set()
+    for seed in range(60):
+        tf.random.set_seed(seed)
+        out = data.cutout(image, side, fill).numpy()
+        changed = np.any(out != image.numpy(), axis=-1)
+        assert np.all(out[changed] == fill) and np.array_equal(out[~changed], image.numpy()[~changed])
+        rows, cols = np.nonzero(changed)
+        # The centre the square implies, from its unclipped edge(s).
+        top, left = rows.min(), cols.min()
+        bottom, right = rows.max() + 1, cols.max() + 1
+        assert bottom - top <= side and right - left <= side
+        assert (bottom - top == side) or top == 0 or bottom == 32
+        assert (right - left == side) or left == 0 or right == 32
+        centers.add((top, left))
+    assert len(centers) > 40, f"only {len(centers)} distinct squares in 60 draws"
+
+
+def test_cifar_augmentation_with_cutout_fills_with_the_dataset_mean():
+    augment = data.augmenter(dataclasses.replace(recipe.CIFAR, cutout=16))
+    image = tf.fill((32, 32, 3), 200.0)
+    mean_pixel = 255 * np.array(recipe.CIFAR.mean, np.float32)
+    for _ in range(20):
+        out = augment(image).numpy().reshape(-1, 3)
+        filled = np.all(np.isclose(out, mean_pixel), axis=-1)
+        assert 8 * 8 <= filled.sum() <= 16 * 16  # a centre on a corner leaves a quarter
+        assert np.all((out[~filled] == 200) | (out[~filled] == 0))  # the image or its zero padding
 
 
 def test_cifar_augmentation_is_an_exact_padded_crop_or_its_mirror():

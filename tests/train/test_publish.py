@@ -24,7 +24,8 @@ def finished_run(tmp_path_factory):
     """One epoch on the 1024 fake images (the whole split is evaluated),
     with GN's grouping other than the builders' default."""
     model_dir = tmp_path_factory.mktemp("run")
-    train(*SMOKE, "--groups=4", "--per_replica_batch_size=256", "--epochs=1", f"--model_dir={model_dir}")
+    train(*SMOKE, "--groups=4", "--per_replica_batch_size=256", "--epochs=1", "--nodecay_norm_parameters",
+          f"--model_dir={model_dir}")
     return model_dir
 
 
@@ -59,7 +60,11 @@ def test_a_run_is_measured_registered_and_loadable(finished_run, zoo_dirs):
     assert entry["sha256"] == weights_lib.sha256_of(pretrained / entry["packaged"])
     assert entry["preprocessing"]["inside_model"] and entry["training"]["epochs"] == 1
     assert entry["builder_args"] == {"groups": 4}
-    assert "--per_replica_batch_size=256" in entry["training"]["command"]
+    # The flags as given, less the machine's (a False boolean as --no...):
+    command = entry["training"]["command"].split()
+    assert command[:3] == ["python", "-m", "train"] and sorted(command[3:]) == sorted(
+        ["--model=resnet20_gn", "--fake_data", "--groups=4", "--per_replica_batch_size=256", "--epochs=1",
+         "--nodecay_norm_parameters"])
     assert [r for r in json.loads(registry.read_text()) if r["tag"] == "resnet20_gn.fake"] == [entry]
 
     model = zoo.resnet20_gn(weights="cifar10")  # the default for cifar10 now
@@ -75,6 +80,15 @@ def test_a_run_is_measured_registered_and_loadable(finished_run, zoo_dirs):
     images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype("float32")
     normalized = (images / 255 - np.array(entry["preprocessing"]["mean"])) / entry["preprocessing"]["std"]
     np.testing.assert_allclose(plain.predict_on_batch(normalized), model.predict_on_batch(images), atol=1e-5)
+
+
+def test_an_older_run_without_its_command_gets_one_from_its_flags(finished_run, zoo_dirs, tmp_path):
+    model_dir = run_copy(finished_run, tmp_path)
+    results = json.loads((model_dir / "results.json").read_text())
+    del results["command_flags"]
+    (model_dir / "results.json").write_text(json.dumps(results))
+    command = publish_lib.publish(str(model_dir), "fake")["training"]["command"]
+    assert "--groups=4" in command and "--model_dir" not in command
 
 
 def test_publishing_again_replaces_the_entry(finished_run, zoo_dirs):

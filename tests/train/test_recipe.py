@@ -1,5 +1,8 @@
 """Tests of the training recipes: linear scaling, the step schedule scaled to
-the number of epochs, warm-up, weight decay with and without gamma/beta."""
+the number of epochs, the cosine schedule, warm-up, weight decay with and
+without gamma/beta."""
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -33,6 +36,25 @@ def test_step_schedule_divides_by_10_at_30_60_90_percent():
 def test_warmup_ramps_linearly_to_the_peak():
     s = recipe.schedule(recipe.IMAGENET, epochs=100, steps_per_epoch=10, peak=0.4, warmup_epochs=5)
     np.testing.assert_allclose(rates(s, [0, 24, 49, 50, 299]), [0.4 / 50, 0.2, 0.4, 0.4, 0.4], rtol=1e-5)
+
+
+def test_cosine_schedule_decays_to_zero_at_the_last_step():
+    cosine = dataclasses.replace(recipe.CIFAR, schedule="cosine")
+    s = recipe.schedule(cosine, epochs=10, steps_per_epoch=10, peak=0.2)
+    steps = np.array([0, 25, 50, 75, 100])
+    np.testing.assert_allclose(rates(s, steps), 0.1 * (1 + np.cos(np.pi * steps / 100)), atol=1e-7)
+    warm = recipe.schedule(cosine, epochs=10, steps_per_epoch=10, peak=0.2, warmup_epochs=2)
+    np.testing.assert_allclose(rates(warm, [0, 10, 20, 60, 100]), [0.0, 0.1, 0.2, 0.1, 0.0], atol=1e-7)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(schedule="linear"), r"schedule='linear'; valid: 'step', 'cosine'\."),
+    (dict(cutout=33), r"cutout=33; valid: 0 \(none\) to the image size, 32\."),
+    (dict(cutout=-1), r"cutout=-1; valid"),
+])
+def test_bad_recipes_say_what_is_valid(changes, message):
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(recipe.CIFAR, **changes)
 
 
 @pytest.mark.parametrize("decay_norm", [True, False])
