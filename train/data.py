@@ -161,22 +161,27 @@ def fake(num_classes, image_size, num_examples=1024):
 
 
 def augmenter(recipe):
-    """The augmentation of a recipe, for single images (float32, HWC)."""
+    """The augmentation of a recipe, for single images (float32, HWC): its
+    crops and flips, then Cutout where the recipe has it."""
     flip = keras_cv.layers.RandomFlip("horizontal")
     size = recipe.image_size
     if recipe.name == "imagenet":
         crop = keras_cv.layers.RandomCropAndResize(
             target_size=(size, size), crop_area_factor=(0.08, 1.0), aspect_ratio_factor=(3 / 4, 4 / 3))
-        return lambda image: flip(crop(image))
-    crop = keras.layers.RandomCrop(size, size)
+
+        def crop_and_flip(image):
+            return flip(crop(image))
+    else:
+        crop = keras.layers.RandomCrop(size, size)
+
+        def crop_and_flip(image):
+            image = tf.image.resize_with_crop_or_pad(image, size + 8, size + 8)  # 4 px each side
+            return flip(crop(image, training=True))
+
+    if not recipe.cutout:
+        return crop_and_flip
     mean_pixel = 255.0 * tf.constant(recipe.mean, tf.float32)
-
-    def pad_crop_flip(image):
-        image = tf.image.resize_with_crop_or_pad(image, size + 8, size + 8)  # 4 px each side
-        image = flip(crop(image, training=True))
-        return cutout(image, recipe.cutout, mean_pixel) if recipe.cutout else image
-
-    return pad_crop_flip
+    return lambda image: cutout(crop_and_flip(image), recipe.cutout, mean_pixel)
 
 
 def cutout(image, side, fill):
