@@ -9,14 +9,14 @@ normalizes its own inputs (`zoo.Preprocessing`), so pipelines hand it raw
   3/4-4/3) to the image size and horizontal flips for training; shorter side
   resized to `eval_resize` and a center crop for evaluation.
 - CIFAR recipe: 4-pixel zero padding, random crop back to the image size,
-  horizontal flips, and Cutout where the recipe asks for it; the decoded
-  training set is cached in memory and shuffled whole each epoch (50,000
-  CIFAR images: 150 MB). Other recipes shuffle encoded examples (file paths,
-  JPEG bytes) and decode after: a buffer of decoded ImageNet images would
-  hold about 420 KB an image. The crop
-  is an exact window of the padded image (`keras.layers.RandomCrop`):
+  horizontal flips; the decoded training set is cached in memory and
+  shuffled whole each epoch (50,000 CIFAR images: 150 MB). Other recipes
+  shuffle encoded examples (file paths, JPEG bytes) and decode after: a
+  buffer of decoded ImageNet images would hold about 420 KB an image. The
+  crop is an exact window of the padded image (`keras.layers.RandomCrop`):
   keras-cv 0.9's `RandomCrop` resamples through `crop_and_resize`, which
   drops a row or column of pixels in about a third of the crops.
+- Either recipe: Cutout after the crops and flips where it asks for it.
 """
 
 import dataclasses

@@ -89,8 +89,9 @@ def test_cifar_recipe_shuffles_the_cached_decoded_images(tmp_path):
 
 @pytest.mark.parametrize("side", [1, 8, 16])
 def test_cutout_is_a_clipped_square_of_the_fill(side):
-    """Against a NumPy reference of DeVries & Taylor's cutout: the square
-    centred on (y, x), rows y - side//2 ... y - side//2 + side - 1, clipped."""
+    """DeVries & Taylor's cutout, checked on its output: only pixels of one
+    square change, to the fill; the square is at most side x side, and
+    shorter only where a border clips it; its place varies between draws."""
     image = tf.constant(np.random.default_rng(side).uniform(1, 255, (32, 32, 3)), tf.float32)
     fill = np.array([10.0, 20.0, 30.0], np.float32)
     centers = set()
@@ -100,7 +101,6 @@ def test_cutout_is_a_clipped_square_of_the_fill(side):
         changed = np.any(out != image.numpy(), axis=-1)
         assert np.all(out[changed] == fill) and np.array_equal(out[~changed], image.numpy()[~changed])
         rows, cols = np.nonzero(changed)
-        # The centre the square implies, from its unclipped edge(s).
         top, left = rows.min(), cols.min()
         bottom, right = rows.max() + 1, cols.max() + 1
         assert bottom - top <= side and right - left <= side
