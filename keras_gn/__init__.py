@@ -3,6 +3,7 @@
 Public API:
     GroupNormalization: the layer (Wu & He, 2018).
     ChannelAffine: fixed per-channel affine, what `freeze_bn` puts in place of BN.
+    WeightStandardizedConv2D: Conv2D with Weight Standardization (GN+WS).
     convert_bn_to_gn: rewrite every BatchNormalization of a model into GN.
     freeze_bn: rewrite every BatchNormalization into its frozen affine (BN*).
     ConversionReport: what `convert_bn_to_gn(..., return_report=True)` returns.
@@ -22,6 +23,7 @@ from keras_gn.convert import convert_bn_to_gn
 from keras_gn.freeze import freeze_bn
 from keras_gn.layers import ChannelAffine
 from keras_gn.layers import GroupNormalization
+from keras_gn.layers import WeightStandardizedConv2D
 
 __version__ = "0.1.0"
 
@@ -29,6 +31,7 @@ __all__ = [
     "ChannelAffine",
     "ConversionReport",
     "GroupNormalization",
+    "WeightStandardizedConv2D",
     "convert_bn_to_gn",
     "freeze_bn",
 ]

@@ -1,4 +1,5 @@
-"""Saving and exporting models that use GroupNormalization: `.keras` files
+"""Saving and exporting models that use GroupNormalization (and GN+WS's
+WeightStandardizedConv2D): `.keras` files
 loaded in a fresh Python process, SavedModel via `model.export()`, and TFLite
 with builtin ops only."""
 
@@ -16,12 +17,13 @@ import keras_gn
 
 
 def conv_gn_conv_model():
-    """Conv -> GN -> Conv -> GN: the pattern TFLite users report failing."""
+    """Conv -> GN -> Conv -> GN, the pattern TFLite users report failing; the
+    second convolution weight-standardized (GN+WS)."""
     inputs = keras.Input((12, 12, 3), name="image")
     x = keras.layers.Conv2D(32, 3, padding="same")(inputs)
     x = keras_gn.GroupNormalization(groups=8)(x)
     x = keras.layers.ReLU()(x)
-    x = keras.layers.Conv2D(16, 3)(x)
+    x = keras_gn.WeightStandardizedConv2D(16, 3)(x)
     x = keras_gn.GroupNormalization(group_size=4, epsilon=1e-3)(x)
     model = keras.Model(inputs, x)
     rng = np.random.default_rng(0)
@@ -58,6 +60,7 @@ def test_keras_file_loads_in_a_fresh_process_without_custom_objects(tmp_path, da
         model = keras.saving.load_model("{tmp}/model.keras")
         assert type(model.layers[2]).__name__ == "GroupNormalization"
         assert model.layers[5].get_config()["group_size"] == 4
+        assert type(model.layers[4]).__name__ == "WeightStandardizedConv2D"
         np.save("{out}", model.predict(np.load("{tmp}/x.npy"), verbose=0))
         """,
         tmp_path,
