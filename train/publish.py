@@ -76,13 +76,17 @@ def run_recipe(run):
 
 
 def builder_args(run):
-    """The run's GN grouping, where it is not the builders' default."""
+    """The run's GN grouping and Weight Standardization, where they are not
+    the builders' defaults."""
     groups, group_size = run["flags"].get("groups"), run["flags"].get("group_size")
+    args = {}
     if group_size is not None:
-        return {"group_size": group_size}
-    if groups not in (None, weights_lib.DEFAULT_GROUPS):
-        return {"groups": groups}
-    return {}
+        args["group_size"] = group_size
+    elif groups not in (None, weights_lib.DEFAULT_GROUPS):
+        args["groups"] = groups
+    if run["flags"].get("weight_standardization"):
+        args["weight_standardization"] = True
+    return args
 
 
 def build(arch, recipe, num_classes, args):
@@ -187,7 +191,12 @@ def publish(model_dir, tag, data_dir=None, dataset_name="cifar10", default_for=N
     recipe, arch = run_recipe(run), run["flags"]["model"]
     grouping = builder_args(run)
     model = build(arch, recipe, run["num_classes"], grouping)
-    model.load_weights(pathlib.Path(model_dir) / "final.weights.h5")
+    try:
+        model.load_weights(pathlib.Path(model_dir) / "final.weights.h5")
+    except ValueError as error:
+        raise PublishError(
+            f"{model_dir}/final.weights.h5 does not fit the model that results.json describes ({error}): "
+            "these are not the weights the run trained.") from error
     dataset, run["test_examples"] = evaluation_split(run, recipe, data_dir)
     top1, loss = evaluate(model, dataset, run["test_examples"])
     last = run["history"][-1]

@@ -2,6 +2,8 @@
 
 import keras
 
+import keras_gn
+
 
 def channel_axis():
     return -1 if keras.config.image_data_format() == "channels_last" else 1
@@ -27,17 +29,20 @@ def model_inputs(input_tensor, input_shape, default_shape, preprocessing=None):
     return inputs, (preprocessing(x) if preprocessing is not None else x)
 
 
-def padded_conv(x, filters, kernel_size, strides=1, name=None):
+def padded_conv(x, filters, kernel_size, strides=1, name=None, weight_standardization=False):
     """A convolution with PyTorch/Caffe padding: `kernel_size // 2` on every side.
 
     Keras `padding="same"` pads stride-2 convolutions asymmetrically (more
     at the bottom/right), which silently breaks weights trained with
     symmetric padding; explicit ZeroPadding2D + "valid" matches them.
+    `weight_standardization`: a `keras_gn.WeightStandardizedConv2D`
+    instead of a `Conv2D` (same name and kernel shape).
     """
     pad = kernel_size // 2
     if pad:
         x = keras.layers.ZeroPadding2D(pad, name=f"{name}_pad")(x)
-    return keras.layers.Conv2D(
+    conv = keras_gn.WeightStandardizedConv2D if weight_standardization else keras.layers.Conv2D
+    return conv(
         filters, kernel_size, strides, padding="valid", use_bias=False,
         kernel_initializer=keras.initializers.HeNormal(), name=name,
     )(x)

@@ -11,7 +11,9 @@ with (Detectron, tensorpack), so their released weights load:
 - no convolution biases; G=32 groups, epsilon 1e-5;
 - `zero_init_last`: gamma of the last norm of each residual branch starts at
   0, so each block starts as the identity (Goyal et al. 2017; the paper and
-  tensorpack initialize GN this way).
+  tensorpack initialize GN this way);
+- optional Weight Standardization of every convolution (GN+WS, Qiao et al.
+  2019; BiT), off by default as in the paper.
 
 CIFAR variants (He et al. 2016, section 4.2): a 3x3 stem and 3 stages of
 16/32/64 channels with `n` basic blocks each (ResNet-6n+2); projection
@@ -32,10 +34,14 @@ from zoo.norms import norm_layer
 from zoo.preprocessing import input_preprocessing
 
 
-def _block(x, filters, strides, bottleneck, zero_init_last, name, norm_kwargs):
+def _block(x, filters, strides, bottleneck, zero_init_last, name, norm_kwargs, weight_standardization):
     """A residual block; `filters` is the bottleneck width (output 4x)."""
     axis = common.channel_axis()
     out_channels = 4 * filters if bottleneck else filters
+
+    def conv(y, channels, kernel_size, suffix, strides=1):
+        return common.padded_conv(y, channels, kernel_size, strides, name=f"{name}_{suffix}_conv",
+                                  weight_standardization=weight_standardization)
 
     def norm(y, channels, suffix, zero_init=False):
         return norm_layer(channels=channels, zero_init=zero_init, axis=axis,
@@ -43,20 +49,20 @@ def _block(x, filters, strides, bottleneck, zero_init_last, name, norm_kwargs):
 
     shortcut = x
     if strides != 1 or x.shape[axis] != out_channels:
-        shortcut = common.padded_conv(x, out_channels, 1, strides, name=f"{name}_0_conv")
+        shortcut = conv(x, out_channels, 1, "0", strides)
         shortcut = norm(shortcut, out_channels, "0")
 
     if bottleneck:
-        y = common.padded_conv(x, filters, 1, name=f"{name}_1_conv")
+        y = conv(x, filters, 1, "1")
         y = keras.layers.ReLU(name=f"{name}_1_relu")(norm(y, filters, "1"))
-        y = common.padded_conv(y, filters, 3, strides, name=f"{name}_2_conv")
+        y = conv(y, filters, 3, "2", strides)
         y = keras.layers.ReLU(name=f"{name}_2_relu")(norm(y, filters, "2"))
-        y = common.padded_conv(y, out_channels, 1, name=f"{name}_3_conv")
+        y = conv(y, out_channels, 1, "3")
         y = norm(y, out_channels, "3", zero_init=zero_init_last)
     else:
-        y = common.padded_conv(x, filters, 3, strides, name=f"{name}_1_conv")
+        y = conv(x, filters, 3, "1", strides)
         y = keras.layers.ReLU(name=f"{name}_1_relu")(norm(y, filters, "1"))
-        y = common.padded_conv(y, filters, 3, name=f"{name}_2_conv")
+        y = conv(y, filters, 3, "2")
         y = norm(y, filters, "2", zero_init=zero_init_last)
     x = keras.layers.Add(name=f"{name}_add")([shortcut, y])
     return keras.layers.ReLU(name=f"{name}_out")(x)
@@ -79,6 +85,7 @@ def ResNet(
     group_size=None,
     epsilon=1e-5,
     zero_init_last=True,
+    weight_standardization=None,
     sync_bn=False,
     include_preprocessing=None,
     name="resnet",
@@ -101,6 +108,9 @@ def ResNet(
         epsilon: norm epsilon. Defaults to `1e-5`.
         zero_init_last: bool, zero-init the last gamma of each residual
             branch. Defaults to `True`.
+        weight_standardization: bool, every convolution a
+            `keras_gn.WeightStandardizedConv2D` (GN+WS). Defaults to
+            `None`: as the weights were trained, else `False`.
         sync_bn: bool, with `norm="bn"`: synchronize BN statistics across
             replicas. Defaults to `False` (per replica, as in the paper).
         include_preprocessing: see the named variants. Defaults to `None`
@@ -118,15 +128,17 @@ def ResNet(
     groups, group_size = weights_lib.grouping(name, weights, groups, group_size)
     norm_kwargs = dict(norm=norm, groups=groups, group_size=group_size, epsilon=epsilon,
                        sync_bn=sync_bn)
+    weight_standardization = weights_lib.weight_standardization(name, weights, weight_standardization)
 
     if stem == "imagenet":
-        x = common.padded_conv(x, 64, 7, 2, name="conv1_conv")
+        x = common.padded_conv(x, 64, 7, 2, name="conv1_conv", weight_standardization=weight_standardization)
         x = norm_layer(channels=64, axis=axis, name="conv1_norm", **norm_kwargs)(x)
         x = keras.layers.ReLU(name="conv1_relu")(x)
         x = keras.layers.ZeroPadding2D(1, name="pool1_pad")(x)
         x = keras.layers.MaxPooling2D(3, 2, name="pool1_pool")(x)
     elif stem == "cifar":
-        x = common.padded_conv(x, stage_widths[0], 3, name="conv1_conv")
+        x = common.padded_conv(x, stage_widths[0], 3, name="conv1_conv",
+                               weight_standardization=weight_standardization)
         x = norm_layer(channels=stage_widths[0], axis=axis, name="conv1_norm", **norm_kwargs)(x)
         x = keras.layers.ReLU(name="conv1_relu")(x)
     else:
@@ -136,7 +148,7 @@ def ResNet(
         for block in range(blocks):
             strides = 2 if stage > 0 and block == 0 else 1
             x = _block(x, width, strides, bottleneck, zero_init_last,
-                       f"conv{stage + 2}_block{block + 1}", norm_kwargs)
+                       f"conv{stage + 2}_block{block + 1}", norm_kwargs, weight_standardization)
 
     outputs = common.head(x, include_top, pooling, classes, classifier_activation)
     model = keras.Model(inputs, outputs, name=name)
@@ -157,7 +169,9 @@ _DOC = """Instantiates {title} with Group Normalization.
         {args}
         **kwargs: other `zoo.ResNet` arguments: `zero_init_last` (zero-init
             the last gamma of each residual branch; defaults to `True`),
-            `epsilon` (defaults to `1e-5`).
+            `epsilon` (defaults to `1e-5`), `weight_standardization`
+            (`keras_gn.WeightStandardizedConv2D` convolutions, GN+WS;
+            defaults to `None`: as the weights were trained, else `False`).
 
     Returns:
         A `keras.Model`.

@@ -29,7 +29,9 @@ PACKAGED_DIR = pathlib.Path(__file__).resolve().parent / "pretrained"
 FORMATS = ("keras", "detectron", "tensorpack", "timm")
 DATASET_ALIASES = ("imagenet", "cifar10")
 DEFAULT_GROUPS = 32  # the paper's
-BUILDER_ARGS = ("groups", "group_size")  # what weights may fix (it changes no weight shape)
+# What weights may fix: architecture choices that change no weight shape,
+# so that weights would load, and compute something else, without them.
+BUILDER_ARGS = ("groups", "group_size", "weight_standardization")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +67,7 @@ class WeightsEntry:
     verification: str = None  # what is checked where sha256 is null
     packaged: str = None
     default_for: str = None  # "imagenet" or "cifar10"
-    builder_args: dict = None  # grouping the weights were trained with, e.g. {"groups": 2}
+    builder_args: dict = None  # BUILDER_ARGS the weights were trained with, e.g. {"groups": 2}
     training: dict = None  # how weights trained here were made (train.publish)
     notes: str = ""
 
@@ -160,8 +162,7 @@ def grouping(arch, weights, groups, group_size):
     any grouping, and compute something else: a grouping that differs from
     the weights' is refused.
     """
-    entry = resolve(arch, weights) if weights is not None else None
-    args = (entry.builder_args or {}) if entry else {}
+    entry, args = _trained_with(arch, weights)
     trained = (args.get("groups", None if "group_size" in args else DEFAULT_GROUPS), args.get("group_size"))
     if groups is None and group_size is None:
         return trained
@@ -172,6 +173,28 @@ def grouping(arch, weights, groups, group_size):
             f"weights {entry.tag!r} were trained with {wanted}, not {given}: leave groups and "
             f"group_size unset (or pass {wanted}).")
     return groups, group_size
+
+
+def weight_standardization(arch, weights, requested):
+    """Whether a builder's convolutions standardize their kernels: as the
+    caller asks, else as the weights were trained (their `builder_args`),
+    else not. A request that differs from the weights' is refused."""
+    entry, args = _trained_with(arch, weights)
+    trained = bool(args.get("weight_standardization", False))
+    if requested is None:
+        return trained
+    if entry is not None and bool(requested) != trained:
+        raise ValueError(
+            f"weights {entry.tag!r} were trained with weight_standardization={trained}, not "
+            f"{requested}: leave weight_standardization unset (or pass {trained}).")
+    return bool(requested)
+
+
+def _trained_with(arch, weights):
+    """`(entry, builder_args)` of registered `weights`; `(None, {})` for
+    none or a file."""
+    entry = resolve(arch, weights) if weights is not None else None
+    return entry, (entry.builder_args or {}) if entry else {}
 
 
 def weights_file(entry):
@@ -242,7 +265,7 @@ def load_model_weights(model, arch, weights, include_top):
             f"model has {model.output_shape[-1]} classes: pass classes={entry.classes}, "
             "or include_top=False and add a new head."
         )
-    _copy_from_full_model(model, arch, weights_file(entry), entry.classes)
+    _copy_from_full_model(model, arch, weights_file(entry), entry)
 
 
 def _load_file(model, path):
@@ -255,13 +278,14 @@ def _load_file(model, path):
         ) from error
 
 
-def _copy_from_full_model(model, arch, path, classes):
-    """Loads `path` into a full `arch` model, then copies layer by layer (by
-    name) into `model`, which may lack the top."""
+def _copy_from_full_model(model, arch, path, entry):
+    """Loads `path` into a full `arch` model built as the weights were
+    trained, then copies layer by layer (by name) into `model`, which may
+    lack the top."""
     import zoo
 
-    full = zoo.get_model(arch)(include_top=True, classes=classes, weights=None,
-                               input_shape=model.input_shape[1:])
+    full = zoo.get_model(arch)(include_top=True, classes=entry.classes, weights=None,
+                               input_shape=model.input_shape[1:], **(entry.builder_args or {}))
     full.load_weights(path)
     for layer in model.layers:
         if layer.weights:

@@ -217,6 +217,8 @@ def test_killed_run_resumes_without_duplicated_or_lost_epochs(tmp_path):
     (["--init=in1k_nothing"], "--init=in1k_nothing: weights='in1k_nothing' is neither None"),
     (["--cutout=40"], "--cutout=40; valid: 0 (none) to the image size, 32."),
     (["--schedule=linear"], "value should be one of <step|cosine>"),
+    (["--model=vgg16_cifar_gn", "--weight_standardization"],
+     "--weight_standardization is for the zoo's ResNets, not --model=vgg16_cifar_gn; valid: "),
 ])
 def test_bad_flags_fail_at_start_with_what_is_valid(tmp_path, args, message):
     result = train(f"--model_dir={tmp_path}", *args, check=False, timeout=300)

@@ -11,6 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 
+import keras_gn
 import zoo
 from tests.train.test_app import ENV
 from tests.train.test_app import SMOKE
@@ -122,12 +123,25 @@ def test_weights_that_are_not_the_runs_are_refused(finished_run, zoo_dirs, tmp_p
     (dict(norm="bn"), r"--norm=bn; the zoo ships GN weights"),
     # Weights evaluated with a grouping they were not trained with:
     (dict(groups=16), "these are not the weights the run evaluated"),
+    # ... or with Weight Standardization they were trained without (their
+    # layers differ, so they do not even load):
+    (dict(weight_standardization=True), "does not fit the model that results.json describes"),
     (dict(init="resnet50_gn.in1k_detectron"), "fine-tuned from --init=resnet50_gn.in1k_detectron"),
     (dict(steps_per_epoch=4), r"smoke run \(--steps_per_epoch=4\)"),
 ])
 def test_runs_that_cannot_be_shipped(finished_run, zoo_dirs, tmp_path, changes, message):
     with pytest.raises(publish_lib.PublishError, match=message):
         publish_lib.publish(str(run_copy(finished_run, tmp_path, **changes)), "fake")
+
+
+def test_a_weight_standardized_run_ships_with_it(tmp_path, zoo_dirs):
+    train(*SMOKE, "--weight_standardization", "--groups=4", "--per_replica_batch_size=256", "--epochs=1",
+          f"--model_dir={tmp_path / 'ws'}")
+    entry = publish_lib.publish(str(tmp_path / "ws"), "fake_ws", dataset_name="fake")
+    assert entry["builder_args"] == {"groups": 4, "weight_standardization": True}
+    assert "--weight_standardization" in entry["training"]["command"].split()
+    model = zoo.resnet20_gn(weights="fake_ws")
+    assert isinstance(model.get_layer("conv1_conv"), keras_gn.WeightStandardizedConv2D)
 
 
 def test_an_unfinished_run_says_so(tmp_path, zoo_dirs):

@@ -54,6 +54,23 @@ def test_cifar_groups_are_chosen_for_16_channels():
             if isinstance(l, keras_gn.GroupNormalization)} == {2, 4, 8}
 
 
+@pytest.mark.parametrize("name", ["resnet20_gn", "resnet50_gn"])
+def test_weight_standardization_standardizes_every_convolution(name):
+    size = 32 if name == "resnet20_gn" else 64
+    ws = zoo.get_model(name)(input_shape=(size, size, 3), weight_standardization=True)
+    plain = zoo.get_model(name)(input_shape=(size, size, 3))
+    convs = [l for l in ws.layers if isinstance(l, keras.layers.Conv2D)]
+    assert convs and all(isinstance(l, keras_gn.WeightStandardizedConv2D) for l in convs)
+    assert not any(isinstance(l, keras_gn.WeightStandardizedConv2D) for l in plain.layers)
+    assert ws.count_params() == plain.count_params()
+    # The plain model given the standardized kernels computes the same.
+    plain.set_weights(ws.get_weights())
+    for layer in convs:
+        plain.get_layer(layer.name).kernel.assign(keras_gn.layers.standardize_kernel(layer.kernel))
+    x = np.random.default_rng(0).uniform(0, 1, (2, size, size, 3)).astype("float32")
+    np.testing.assert_allclose(plain.predict(x, verbose=0), ws.predict(x, verbose=0), rtol=1e-4, atol=1e-6)
+
+
 def test_resnet50_is_the_authors_architecture():
     model = zoo.resnet50_gn()
     gn = [l for l in model.layers if isinstance(l, keras_gn.GroupNormalization)]

@@ -10,6 +10,7 @@ import socket
 import numpy as np
 import pytest
 
+import keras_gn
 import zoo
 from zoo import download
 from zoo import weights as weights_lib
@@ -250,8 +251,27 @@ def test_weights_fix_the_grouping_they_were_trained_with(tmp_path, monkeypatch, 
     assert zoo.resnet20_gn(groups=4).get_layer("conv1_norm").groups == 4
 
 
+def test_weights_fix_the_weight_standardization_they_were_trained_with(tmp_path, monkeypatch, registry_with):
+    ws = zoo.resnet20_gn(groups=2, weight_standardization=True)
+    ws.save_weights(tmp_path / "r20_ws.weights.h5")
+    monkeypatch.setattr(weights_lib, "PACKAGED_DIR", tmp_path)
+    registry_with(entry("resnet20_gn.ws", classes=10, packaged="r20_ws.weights.h5",
+                        sha256=sha256(tmp_path / "r20_ws.weights.h5"),
+                        builder_args={"groups": 2, "weight_standardization": True}))
+    for model in (zoo.resnet20_gn(weights="ws"), zoo.resnet20_gn(weights="ws", weight_standardization=True)):
+        assert isinstance(model.get_layer("conv4_block3_2_conv"), keras_gn.WeightStandardizedConv2D)
+        x = np.random.default_rng(0).uniform(0, 1, (2, 32, 32, 3)).astype("float32")
+        np.testing.assert_allclose(model.predict(x, verbose=0), ws.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    features = zoo.resnet20_gn(weights="ws", include_top=False)  # loaded through a full model
+    np.testing.assert_array_equal(features.get_layer("conv1_conv").kernel, ws.get_layer("conv1_conv").kernel)
+    with pytest.raises(ValueError, match=r"'resnet20_gn.ws' were trained with weight_standardization=True, not "
+                                         r"False: leave weight_standardization unset \(or pass True\)"):
+        zoo.resnet20_gn(weights="ws", weight_standardization=False)
+
+
 def test_unknown_builder_args_are_rejected(registry_with):
     registry_with(entry("resnet20_gn.odd", url="http://x/y.h5", filename="y.h5", sha256="0" * 64,
                         builder_args={"epsilon": 1e-3}))
-    with pytest.raises(ValueError, match=r"builder_args \['epsilon'\] are not among \('groups', 'group_size'\)"):
+    with pytest.raises(ValueError, match=r"builder_args \['epsilon'\] are not among "
+                                         r"\('groups', 'group_size', 'weight_standardization'\)"):
         weights_lib.registry()
