@@ -134,7 +134,7 @@ def evaluate(model, dataset, examples):
     return correct / seen, cross_entropy / seen
 
 
-def registry_entry(arch, tag, run, recipe, grouping, top1, sha256, filename, dataset_name, default_for):
+def registry_entry(arch, tag, run, recipe, grouping, top1, sha256, filename, dataset_name, default_for, notes=""):
     run_flags = run["flags"]
     machine_specific = ("model_dir", "data_dir", "verbose")
     if "command_flags" in run:  # the flags as given
@@ -177,13 +177,15 @@ def registry_entry(arch, tag, run, recipe, grouping, top1, sha256, filename, dat
             "images_per_second": round(run["images_per_second"], 1),
             "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores",
         },
-        "notes": "The model normalizes its own inputs: give it RGB values in [0, 255].",
+        "notes": " ".join(filter(None, ["The model normalizes its own inputs: give it RGB values in [0, 255].",
+                                        notes])),
     }
 
 
-def publish(model_dir, tag, data_dir=None, dataset_name="cifar10", default_for=None):
+def publish(model_dir, tag, data_dir=None, dataset_name="cifar10", default_for=None, notes=""):
     """Measures, writes into `zoo/pretrained/` and registers a run's
-    weights; returns the registry entry."""
+    weights (`notes`: said in the entry after the fixed first sentence);
+    returns the registry entry."""
     import numpy as np
 
     registry_file, pretrained_dir = weights_lib.REGISTRY_FILE, weights_lib.PACKAGED_DIR
@@ -211,7 +213,7 @@ def publish(model_dir, tag, data_dir=None, dataset_name="cifar10", default_for=N
     path = pretrained_dir / filename
     model.save_weights(path)
     entry = registry_entry(arch, tag, run, recipe, grouping, top1, weights_lib.sha256_of(path), filename,
-                           dataset_name, default_for)
+                           dataset_name, default_for, notes)
 
     old_registry = registry_file.read_text() if registry_file.exists() else None
     records = json.loads(old_registry) if old_registry else []
@@ -249,6 +251,8 @@ def define_flags():
                         "Default: the run's --data_dir.")
     flags.DEFINE_string("dataset_name", "cifar10", "The dataset, as the registry names it.")
     flags.DEFINE_string("default_for", None, "Make these the weights `weights=\"<name>\"` loads (e.g. cifar10).")
+    flags.DEFINE_string("notes", "", "What else users should know, for the entry's notes (after the fixed "
+                        "sentence on the input range), so that publishing again keeps it.")
 
 
 def main(argv):
@@ -256,7 +260,8 @@ def main(argv):
     if not (FLAGS.model_dir and FLAGS.tag):
         raise app.UsageError("--model_dir and --tag are required.")
     try:
-        entry = publish(FLAGS.model_dir, FLAGS.tag, FLAGS.data_dir, FLAGS.dataset_name, FLAGS.default_for)
+        entry = publish(FLAGS.model_dir, FLAGS.tag, FLAGS.data_dir, FLAGS.dataset_name, FLAGS.default_for,
+                        FLAGS.notes)
     except ValueError as error:  # PublishError, or data that cannot be read
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)

@@ -95,8 +95,11 @@ def test_an_older_run_without_its_command_gets_one_from_its_flags(finished_run, 
 def test_publishing_again_replaces_the_entry(finished_run, zoo_dirs):
     registry, _ = zoo_dirs
     publish_lib.publish(str(finished_run), "fake", dataset_name="fake")
-    publish_lib.publish(str(finished_run), "fake", dataset_name="fake")
-    assert [r["tag"] for r in json.loads(registry.read_text())].count("resnet20_gn.fake") == 1
+    publish_lib.publish(str(finished_run), "fake", dataset_name="fake", notes="Trained on random labels.")
+    records = [r for r in json.loads(registry.read_text()) if r["tag"] == "resnet20_gn.fake"]
+    assert len(records) == 1
+    assert records[0]["notes"] == ("The model normalizes its own inputs: give it RGB values in [0, 255]. "
+                                   "Trained on random labels.")
 
 
 @pytest.mark.parametrize("metric, change", [
