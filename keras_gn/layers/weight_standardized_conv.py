@@ -36,9 +36,9 @@ class WeightStandardizedConv2D(keras.layers.Conv2D):
     `w`. The trained variable stays the raw kernel; only the convolution
     sees it standardized. With a normalization after it (Group
     Normalization: GN+WS) the output no longer depends on the kernel's
-    scale or offset, which smooths the loss landscape and closes most of
-    GN's gap to large-batch BN at any batch size (Qiao et al.; BiT, Kolesnikov
-    et al. 2020, trains its GN ResNets this way).
+    scale or offset. Qiao et al. report that this smooths the loss
+    landscape and lets GN match or beat large-batch BN at any batch size;
+    BiT (Kolesnikov et al. 2020) trains its GN ResNets this way.
 
     It takes the arguments of `keras.layers.Conv2D`, in the same order, and
     one more, by keyword.
@@ -47,10 +47,9 @@ class WeightStandardizedConv2D(keras.layers.Conv2D):
         filters: int, the number of output channels.
         kernel_size: int or tuple of 2 ints.
         standardization_epsilon: keyword-only float, added to each filter's
-            variance.
-            Defaults to `1e-10` (BiT's): far below the variance of any
-            trained kernel, so that only the direction of each filter
-            matters.
+            variance. Defaults to `1e-10` (BiT's): far below the variance
+            of any trained kernel, so that only the direction of each
+            filter matters.
         **kwargs: the other `keras.layers.Conv2D` arguments (`strides`,
             `padding`, `data_format`, `dilation_rate`, `groups`,
             `use_bias`, initializers, regularizers, constraints) and base
