@@ -62,7 +62,7 @@ def test_same_padding_would_break_the_weights(reference, tmp_path, monkeypatch):
     ref.write_timm(model, tmp_path / "w.pth")
     output = convert.convert_file("timm", tmp_path / "w.pth", "resnet50_gn", tmp_path / "w.weights.h5")
 
-    def same_padding_conv(x, filters, kernel_size, strides=1, name=None):
+    def same_padding_conv(x, filters, kernel_size, strides=1, name=None, weight_standardization=False):
         import keras
         return keras.layers.Conv2D(filters, kernel_size, strides, padding="same", use_bias=False, name=name)(x)
 
