@@ -21,6 +21,11 @@
 // - Statistics are one pass over data shifted by one of its own values per
 //   channel, combined per group with Chan et al.'s pairwise formula in
 //   float64: no E[x^2] - E[x]^2 cancellation for inputs with a large offset.
+// - The centering is (x - ref) - (mean - ref), with ref the group's first
+//   value (its first channel at position 0) and mean - ref rounded to float32
+//   from float64: x - ref is exact for data close to ref, so a large common
+//   offset (1e6 + N(0, 1)) costs no accuracy in the output either. The `mean`
+//   output is this mean - ref; the gradient reads ref from x the same way.
 // - Sums run in float32 over chunks of at most kChunk positions per channel
 //   and are then added up in float64.
 // - Every per-channel and per-group sum is computed by one unit in a fixed
@@ -314,6 +319,12 @@ bool MakeGeometry(OpKernelContext* ctx, const Tensor& x, const Tensor& gamma,
   }
   g->channels_last = channels_last;
   g->groups = groups;
+  if (g->c < 1 || groups > g->c) {
+    ctx->SetStatus(InvalidArgument("KerasGnGroupNorm: groups=", groups, " for ", g->c,
+                                   " channels; groups must be between 1 and the number of "
+                                   "channels, and x must have at least one channel"));
+    return false;
+  }
   if (g->c % groups != 0) {
     ctx->SetStatus(InvalidArgument("KerasGnGroupNorm: ", g->c,
                                    " channels are not divisible by groups=", groups));
@@ -383,7 +394,7 @@ class GroupNormOp : public OpKernel {
       const int64_t c0 = unit.c0, width = unit.width;
       const double count = static_cast<double>(g.GroupElements());
       std::vector<double> sum1(width), sum2(width), channel_mean(width);
-      std::vector<float> shift(width), center(width), scale(width);
+      std::vector<float> shift(width), reference(width), center(width), scale(width);
 
       // Pass 1: statistics. Per channel c (n = S positions):
       //   mean_c = shift_c + sum1_c / n,  M2_c = sum2_c - sum1_c^2 / n;
@@ -405,19 +416,23 @@ class GroupNormOp : public OpKernel {
           m2 += std::max(0.0, sum2[k] - sum1[k] * sum1[k] / n) + n * d * d;
         }
         const float r = static_cast<float>(1.0 / std::sqrt(m2 / count + epsilon));
-        mean_out[sample * g.groups + gi] = static_cast<float>(mean);
+        const float ref = shift[k0];  // the group's first value
+        const float rel = static_cast<float>(mean - ref);
+        mean_out[sample * g.groups + gi] = rel;
         rstd_out[sample * g.groups + gi] = r;
         for (int64_t k = k0; k < k1; ++k) {
-          center[k] = static_cast<float>(mean);
+          reference[k] = ref;
+          center[k] = rel;
           scale[k] = r * gamma[c0 + k];
         }
       }
+      const float* ref_ptr = reference.data();
       const float* c_ptr = center.data();
-      // Pass 3: y = act((x - mean) * rstd * gamma + beta) (from cache).
+      // Pass 3: y = act(((x - ref) - (mean - ref)) * rstd * gamma + beta) (from cache).
       const float* s_ptr = scale.data();
       const float* b_ptr = beta + c0;
-      ChannelMap(g, x, y, sample, c0, width, [c_ptr, s_ptr, b_ptr](int64_t k, float v) {
-        return Activate<A>((v - c_ptr[k]) * s_ptr[k] + b_ptr[k]);
+      ChannelMap(g, x, y, sample, c0, width, [ref_ptr, c_ptr, s_ptr, b_ptr](int64_t k, float v) {
+        return Activate<A>(((v - ref_ptr[k]) - c_ptr[k]) * s_ptr[k] + b_ptr[k]);
       });
     });
   }
@@ -490,29 +505,34 @@ class GroupNormGradOp : public OpKernel {
       const int64_t sample = unit.sample, g0 = unit.g0, g1 = unit.g1;
       const int64_t c0 = unit.c0, width = unit.width;
       const double count = static_cast<double>(g.GroupElements());
-      std::vector<float> center(width), inv(width), gam(width), bet(width);
-      std::vector<float> coef_dz(width), coef_x(width), coef_0(width);
+      std::vector<float> reference(width), center(width), inv(width), gam(width), bet(width);
+      std::vector<float> coef_x(width), coef_0(width);
       for (int64_t k = 0; k < width; ++k) {
         const int64_t gi = g0 + k / g.group_size;
+        // mean is relative to the group's first value (see the forward op).
+        reference[k] = static_cast<float>(x[g.Index(sample, 0, gi * g.group_size)]);
         center[k] = mean[sample * g.groups + gi];
         inv[k] = rstd[sample * g.groups + gi];
         gam[k] = gamma[c0 + k];
         bet[k] = beta[c0 + k];
       }
-      const float *m = center.data(), *r = inv.data(), *ga = gam.data(), *be = bet.data();
+      const float *ref = reference.data(), *m = center.data(), *r = inv.data();
+      const float *ga = gam.data(), *be = bet.data();
       double* sum_dz = partial_dbeta.data() + sample * g.c + c0;
       double* sum_dz_xhat = partial_dgamma.data() + sample * g.c + c0;
 
       // Pass 1: per channel, sum of dz and of dz * xhat, where z is the
       // normalized output before the activation and dz = dy * act'(z).
       ChannelSums2(g, x, dy, sample, c0, width, sum_dz, sum_dz_xhat,
-                   [m, r, ga, be](int64_t k, float xv, float dyv, float* a, float* b) {
-                     const float xhat = (xv - m[k]) * r[k];
+                   [ref, m, r, ga, be](int64_t k, float xv, float dyv, float* a, float* b) {
+                     const float xhat = ((xv - ref[k]) - m[k]) * r[k];
                      const float dz = dyv * ActivationGrad<A>(xhat * ga[k] + be[k]);
                      *a = dz;
                      *b = dz * xhat;
                    });
-      // dx = rstd * (gamma * dz - mean_g(gamma * dz) - xhat * mean_g(gamma * dz * xhat))
+      // dx = rstd * (gamma * dz - mean_g(gamma * dz) - xhat * mean_g(gamma * dz * xhat)),
+      // the bracket first: its terms cancel (exactly, for one-element groups),
+      // and rstd, up to 1 / sqrt(epsilon), would amplify their rounding.
       for (int64_t gi = g0; gi < g1; ++gi) {
         double mean_gdz = 0.0, mean_gdz_xhat = 0.0;
         const int64_t k0 = (gi - g0) * g.group_size, k1 = k0 + g.group_size;
@@ -522,20 +542,18 @@ class GroupNormGradOp : public OpKernel {
         }
         mean_gdz /= count;
         mean_gdz_xhat /= count;
-        const float rg = rstd[sample * g.groups + gi];
         for (int64_t k = k0; k < k1; ++k) {
-          coef_dz[k] = rg * gam[k];
-          coef_x[k] = static_cast<float>(rg * mean_gdz_xhat);
-          coef_0[k] = static_cast<float>(rg * mean_gdz);
+          coef_x[k] = static_cast<float>(mean_gdz_xhat);
+          coef_0[k] = static_cast<float>(mean_gdz);
         }
       }
       // Pass 2: dx (from cache).
-      const float *cdz = coef_dz.data(), *cx = coef_x.data(), *c0p = coef_0.data();
+      const float *cx = coef_x.data(), *c0p = coef_0.data();
       ChannelMap2(g, x, dy, dx, sample, c0, width,
-                  [m, r, ga, be, cdz, cx, c0p](int64_t k, float xv, float dyv) {
-                    const float xhat = (xv - m[k]) * r[k];
+                  [ref, m, r, ga, be, cx, c0p](int64_t k, float xv, float dyv) {
+                    const float xhat = ((xv - ref[k]) - m[k]) * r[k];
                     const float dz = dyv * ActivationGrad<A>(xhat * ga[k] + be[k]);
-                    return cdz[k] * dz - cx[k] * xhat - c0p[k];
+                    return (ga[k] * dz - cx[k] * xhat - c0p[k]) * r[k];
                   });
     });
 

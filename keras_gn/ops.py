@@ -157,10 +157,15 @@ def _shape(x):
     return [d if d is not None else dynamic[i] for i, d in enumerate(static)]
 
 
-def _reshape(x, dims):
+def _dims(dims):
+    """A shape argument: the list itself where all are ints, else a tensor."""
     if all(isinstance(d, int) for d in dims):
-        return tf.reshape(x, dims)
-    return tf.reshape(x, tf.stack(dims))
+        return dims
+    return tf.stack([tf.cast(d, tf.int32) for d in dims])
+
+
+def _reshape(x, dims):
+    return tf.reshape(x, _dims(dims))
 
 
 @functools.lru_cache(maxsize=None)
@@ -171,15 +176,15 @@ def _gpu_visible():
 def fused_unsupported_reason(x, axis):
     """Why the fused op cannot compute GN of `x` here, or None if it can.
 
-    The op runs on the CPU, for float32/float16/bfloat16 inputs of rank 3 to
-    5 with the channels first (axis 1) or last, outside XLA compilation and
+    The op runs on the CPU, for float32/float16/bfloat16 inputs of rank 2 or
+    more with the channels first (axis 1) or last, outside XLA compilation and
     outside SavedModel tracing (exported models must not depend on the op).
     """
     rank = x.shape.rank
     if x.dtype not in FUSED_DTYPES:
         return f"dtype {x.dtype.name} (the op takes float32, float16, bfloat16)"
-    if rank is None or not 3 <= rank <= 5:
-        return f"rank {rank} (the op takes ranks 3 to 5)"
+    if rank is None or rank < 2:
+        return f"rank {rank} (the op takes ranks 2 and up)"
     if axis % rank not in (1, rank - 1):
         return f"channel axis {axis} (the op takes channels first or last)"
     if control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
@@ -226,8 +231,44 @@ def _activate(x, activation):
     if activation == "relu":
         return tf.nn.relu(x)
     if activation == "silu":
-        return tf.nn.silu(x)
+        # x * sigmoid(x) with sigmoid(x) = (1 + tanh(x / 2)) / 2: TensorFlow's
+        # tanh computes every element the same way, vectorized or not, so the
+        # result does not depend on where the element falls in the batch
+        # (tf.nn.silu's exp does).
+        return x * (0.5 + 0.5 * tf.tanh(0.5 * x))
     return x
+
+
+def check_epsilon(epsilon, name="GroupNormalization"):
+    """Checks that `epsilon` is a finite number >= 0 and returns it as a float."""
+    valid = isinstance(epsilon, (int, float)) and not isinstance(epsilon, bool)
+    if not valid or not 0 <= epsilon < float("inf"):
+        raise ValueError(
+            f"Layer '{name}': epsilon={epsilon!r} must be a finite number >= 0 "
+            "(it is added to the variance; the default is 1e-5)."
+        )
+    return float(epsilon)
+
+
+def channel_axis(axis, rank, name="GroupNormalization"):
+    """The channel axis `axis` of a rank-`rank` input as a non-negative int.
+
+    Raises:
+        ValueError: naming the valid axes, for the batch axis 0 or an axis
+            out of range.
+    """
+    if rank is None or rank < 2:
+        raise ValueError(
+            f"Layer '{name}' expects inputs of rank >= 2 (batch, ..., channels); "
+            f"received an input of rank {rank}."
+        )
+    if isinstance(axis, bool) or not isinstance(axis, int) or not -rank <= axis < rank or axis % rank == 0:
+        valid = list(range(1, rank)) + list(range(-rank + 1, 0))
+        raise ValueError(
+            f"Layer '{name}': axis={axis!r} is not a channel axis of a rank-{rank} "
+            f"input (axis 0 is the batch). Valid values: {valid}."
+        )
+    return axis % rank
 
 
 def group_norm(
@@ -239,6 +280,7 @@ def group_norm(
     axis=-1,
     epsilon=1e-5,
     activation=None,
+    mask=None,
     implementation="composite",
     name="GroupNormalization",
 ):
@@ -257,8 +299,12 @@ def group_norm(
         groups: int, number of groups; must divide `C`.
         axis: int, the channel axis (negative values count from the end; 0, the
             batch axis, is not allowed).
-        epsilon: float, added to the variance.
+        epsilon: float >= 0, added to the variance.
         activation: None, "relu" or "silu", applied to the output.
+        mask: optional boolean tensor over the non-channel axes of `x` (batch
+            first; trailing axes may be left out and are broadcast): the
+            statistics use the positions where it is True only. Every
+            position is normalized. Masked calls use the composite recipe.
         implementation: "composite" (this module's TensorFlow ops), "fused"
             (the C++ kernel) or "auto" (see `resolve_implementation`).
         name: name of the calling layer, for error messages.
@@ -266,21 +312,37 @@ def group_norm(
     Returns:
         A tensor of the shape of `x`: in `statistics_dtype(x.dtype)` from the
         composite recipe, in the dtype of `x` from the fused kernel.
+
+    Raises:
+        ValueError: for a bad `groups`, `axis`, `epsilon`, `activation` or
+            `implementation`, naming the value and what would be valid.
     """
     x = tf.convert_to_tensor(x)
-    if resolve_implementation(implementation, x, axis, name) == "fused":
+    axis = channel_axis(axis, x.shape.rank, name)
+    resolve_groups(x.shape[axis], groups, name=name)
+    epsilon = check_epsilon(epsilon, name)
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"Layer '{name}': activation={activation!r} is not one of {ACTIVATIONS}.")
+    if mask is None and resolve_implementation(implementation, x, axis, name) == "fused":
         return _fused_group_norm(x, gamma, beta, groups, axis, epsilon, activation)
-    return _activate(_composite_group_norm(x, gamma, beta, groups, axis, epsilon), activation)
+    if implementation not in IMPLEMENTATIONS:
+        resolve_implementation(implementation, x, axis, name)  # raises
+    return _activate(_composite_group_norm(x, gamma, beta, groups, axis, epsilon, mask), activation)
 
 
 def _fused_group_norm(x, gamma, beta, groups, axis, epsilon, activation):
     from keras_gn import fused
 
-    channels_last = axis % x.shape.rank == x.shape.rank - 1
+    rank = x.shape.rank
+    channels_last = axis == rank - 1
     channels = x.shape[axis]
     gamma = tf.ones([channels]) if gamma is None else tf.cast(gamma, tf.float32)
     beta = tf.zeros([channels]) if beta is None else tf.cast(beta, tf.float32)
-    return fused.group_norm(
+    shape = _shape(x)
+    if not 3 <= rank <= 5:  # the op's ranks; others are the same [N, S, C] / [N, C, S] view
+        positions = _prod(shape[1:-1] if channels_last else shape[2:])
+        x = _reshape(x, [shape[0], positions, channels] if channels_last else [shape[0], channels, positions])
+    y = fused.group_norm(
         x,
         gamma,
         beta,
@@ -289,35 +351,107 @@ def _fused_group_norm(x, gamma, beta, groups, axis, epsilon, activation):
         channels_last=channels_last,
         activation=activation or "none",
     )
+    return _reshape(y, shape)
 
 
-def _composite_group_norm(x, gamma, beta, groups, axis, epsilon):
+def _prod(dims):
+    """Product of a list of ints and scalar tensors (an int where all are ints)."""
+    result = 1
+    for d in dims:
+        result = result * d
+    return result
+
+
+def _group_sums(v):
+    """Sums of the grouped view `v` [N, A, G, C/G, B] over A, C/G and B, as
+    [N, 1, G, 1, 1].
+
+    Three single-axis reductions, innermost first: each sum then runs over
+    its elements in one fixed order whatever the batch size, so a sample's
+    statistics (and output) are bit-identical in any batch. One reduction
+    over the axes together is transposed or split by TensorFlow differently
+    for different batch sizes.
+    """
+    per_channel = tf.reduce_sum(tf.reduce_sum(v, axis=4, keepdims=True), axis=1, keepdims=True)
+    return tf.reduce_sum(per_channel, axis=3, keepdims=True)
+
+
+def mask_positions(mask, shape, axis):
+    """A Keras mask as [N, A, 1, 1, B] weights (1 kept, 0 masked) for the
+    grouped view [N, A, G, C/G, B] of an input of `shape` with channels on
+    `axis`.
+
+    The mask covers the input's non-channel axes in order (batch first); it
+    may leave out trailing ones, over which it is broadcast: (batch, time)
+    for a (batch, time, channels) sequence or a (batch, time, H, W, C) video,
+    (batch, H, W) for channels-last images.
+    """
+    mask = tf.convert_to_tensor(mask)
+    positions = shape[:axis] + shape[axis + 1 :]
+    if mask.shape.rank is None or not 1 <= mask.shape.rank <= len(positions):
+        raise ValueError(
+            f"A mask of shape {mask.shape} does not fit an input of shape "
+            f"{tuple(shape)} with channels on axis {axis}: it must cover the "
+            f"non-channel axes {tuple(positions)} (batch first), or a leading "
+            "part of them."
+        )
+    mask = tf.reshape(mask, _dims(_shape(mask) + [1] * (len(positions) - mask.shape.rank)))
+    mask = tf.broadcast_to(mask, _dims(positions))
+    return _reshape(mask, [shape[0], _prod(shape[1:axis]), 1, 1, _prod(shape[axis + 1 :])])
+
+
+def _first_kept_values(view, weights):
+    """[N, 1, G, 1, 1]: each group's first channel at the sample's first kept
+    position (its first position without a mask)."""
+    if weights is None:
+        return view[:, :1, :, :1, :1]
+    kept = tf.reshape(weights, [tf.shape(weights)[0], -1])
+    first = tf.argmax(kept, axis=1, output_type=tf.int32)
+    b = tf.shape(view)[4]
+    at_a = tf.gather(view, first // b, axis=1, batch_dims=1)  # [N, G, C/G, B]
+    at_b = tf.gather(at_a, first % b, axis=3, batch_dims=1)  # [N, G, C/G]
+    return at_b[:, None, :, :1, None]
+
+
+def _composite_group_norm(x, gamma, beta, groups, axis, epsilon, mask=None):
+    """GN with plain TensorFlow ops; see the module docstring's guarantees.
+
+    The input is viewed as [N, A, G, C/G, B] (A: the axes before the
+    channels, B: those after). The statistics are those of the data shifted
+    by one of its own values per group (the group's first channel at the
+    first kept position), which keeps float32 sums accurate for data with a
+    large common offset; the shift cancels in the result, and no gradient
+    flows through it. With a `mask`, the statistics cover the kept positions
+    only.
+    """
     rank = x.shape.rank
     axis = axis % rank
     channels = x.shape[axis]
     dtype = statistics_dtype(x.dtype)
     x = tf.cast(x, dtype)
-
     shape = _shape(x)
-    grouped_shape = shape[:axis] + [groups, channels // groups] + shape[axis + 1 :]
-    grouped = _reshape(x, grouped_shape)
-    # The grouped tensor has the group axis at `axis` and the channels of a
-    # group at `axis + 1`; statistics reduce everything else but the batch.
-    reduce_axes = [i for i in range(1, rank + 1) if i != axis]
-    mean = tf.reduce_mean(grouped, axis=reduce_axes, keepdims=True)
-    centered = grouped - mean
-    variance = tf.reduce_mean(tf.square(centered), axis=reduce_axes, keepdims=True)
-    inv_std = tf.math.rsqrt(variance + tf.cast(epsilon, dtype))
+    group_size = channels // groups
+    view = _reshape(x, [shape[0], _prod(shape[1:axis]), groups, group_size, _prod(shape[axis + 1 :])])
 
-    # Per-channel parameters laid out like the grouped tensor.
-    param_shape = [1] * (rank + 1)
-    param_shape[axis] = groups
-    param_shape[axis + 1] = channels // groups
-    scale = inv_std
+    weights = None if mask is None else tf.cast(mask_positions(mask, shape, axis), dtype)
+    if weights is None:
+        count = tf.cast(_prod(shape[1:axis]) * _prod(shape[axis + 1 :]) * group_size, dtype)
+    else:  # per sample; all masked: statistics 0, a finite output
+        count = tf.maximum(tf.reduce_sum(weights, axis=[1, 4], keepdims=True) * group_size, 1.0)
+
+    def group_mean(v):
+        return _group_sums(v if weights is None else v * weights) / count
+
+    shifted = view - tf.stop_gradient(_first_kept_values(view, weights))
+    centered = shifted - group_mean(shifted)
+    # 1 / sqrt, both correctly rounded, not rsqrt: TensorFlow's vectorized
+    # rsqrt is approximate, and whether a sample's value goes through it or
+    # through the exact scalar path depends on the batch size.
+    scale = 1.0 / tf.sqrt(group_mean(tf.square(centered)) + tf.constant(epsilon, dtype))
+    param_shape = [1, 1, groups, group_size, 1]
     if gamma is not None:
         scale = scale * tf.reshape(tf.cast(gamma, dtype), param_shape)
     outputs = centered * scale
     if beta is not None:
         outputs = outputs + tf.reshape(tf.cast(beta, dtype), param_shape)
-
     return _reshape(outputs, shape)

@@ -50,6 +50,9 @@ flags.DEFINE_enum("sweep", "batch_size", ["batch_size", "groups"],
 flags.DEFINE_string("data_dir", None, "CIFAR-10 image folder or tar archive (run).")
 flags.DEFINE_bool("fake_data", False, "Random images instead of --data_dir (smoke tests).")
 flags.DEFINE_integer("epochs", 10, "Epochs per run (the committed sweep: 10, CPU budget).")
+flags.DEFINE_enum("schedule", "step", ["step", "cosine"], "Learning-rate schedule of every run (train's --schedule).")
+flags.DEFINE_integer("gn_group_size", None, "--sweep=batch_size: GN channels per group (default: the "
+                     "builders' 32 groups, 8/16/32 in ResNet-20's stages).")
 flags.DEFINE_integer("steps_per_epoch", None, "Cap on steps per epoch (smoke tests).")
 flags.DEFINE_list("per_replica_batch_sizes", ["32", "16", "8", "4", "2"], "Images per replica.")
 flags.DEFINE_list("norms", ["bn", "gn"], "Normalizations.")
@@ -111,22 +114,27 @@ class Config:
     groups: int = None  # GN: fixed number of groups ...
     group_size: int = None  # ... or fixed channels per group; neither: the builders' default
 
+    schedule: str = "step"
+
     @property
     def run_id(self):
         grouping = (f"_g{self.groups}" if self.groups is not None else "") + (
             f"_cpg{self.group_size}" if self.group_size is not None else "")
-        return f"resnet20_{self.norm}{grouping}_b{self.per_replica_batch_size}_e{self.epochs}_s{self.seed}"
+        schedule = "" if self.schedule == "step" else f"_{self.schedule}"
+        return (f"resnet20_{self.norm}{grouping}_b{self.per_replica_batch_size}_e{self.epochs}{schedule}"
+                f"_s{self.seed}")
 
 
 def configs():
     seeds = [int(seed) for seed in FLAGS.seeds]
     if FLAGS.sweep == "groups":
         size = FLAGS.ablation_batch_size
-        return ([Config("gn", size, FLAGS.epochs, seed, groups=int(g))
+        return ([Config("gn", size, FLAGS.epochs, seed, groups=int(g), schedule=FLAGS.schedule)
                  for seed in seeds for g in FLAGS.group_counts]
-                + [Config("gn", size, FLAGS.epochs, seed, group_size=int(s))
+                + [Config("gn", size, FLAGS.epochs, seed, group_size=int(s), schedule=FLAGS.schedule)
                    for seed in seeds for s in FLAGS.group_sizes])
-    return [Config(norm, int(b), FLAGS.epochs, seed)
+    return [Config(norm, int(b), FLAGS.epochs, seed, schedule=FLAGS.schedule,
+                   group_size=FLAGS.gn_group_size if norm == "gn" else None)
             for seed in seeds for b in FLAGS.per_replica_batch_sizes for norm in FLAGS.norms]
 
 
@@ -142,7 +150,7 @@ def train_command(config, model_dir):
                "--recipe=cifar", f"--base_learning_rate={base_learning_rate(FLAGS.replicas)}", "--strategy=mirrored",
                f"--num_cpu_devices={FLAGS.replicas}", f"--per_replica_batch_size={config.per_replica_batch_size}",
                f"--epochs={config.epochs}", f"--seed={config.seed}", f"--model_dir={model_dir}", "--verbose=2",
-               f"--steps_per_execution={FLAGS.steps_per_execution}"]
+               f"--steps_per_execution={FLAGS.steps_per_execution}", f"--schedule={config.schedule}"]
     if config.groups is not None:
         command.append(f"--groups={config.groups}")
     if config.group_size is not None:

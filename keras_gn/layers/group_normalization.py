@@ -31,8 +31,9 @@ class GroupNormalization(keras.layers.Layer):
     1e-5 (the paper's, Caffe2's and PyTorch's `nn.GroupNorm` default; Keras
     uses 1e-3, which matters when porting weights); the grouping can be given
     as channels per group (`group_size`, as in the paper's Table 3); `axis` is
-    a single int; half-precision inputs are normalized with float32
-    statistics; errors list the valid group counts.
+    a single int; a Keras mask restricts the statistics to the unmasked
+    positions; outputs do not depend on the other samples of the batch, to
+    the bit; errors list the valid group counts.
 
     Args:
         groups: int, the number of groups the channels are split into; must
@@ -44,8 +45,10 @@ class GroupNormalization(keras.layers.Layer):
         axis: int, the channel axis: `-1` for channels-last inputs, `1` for
             channels-first. Negative values count from the end; the batch axis
             0 is not allowed. Defaults to `-1`.
-        epsilon: float, small value added to the variance to avoid dividing
-            by zero. Defaults to `1e-5`.
+        epsilon: float >= 0, small value added to the variance to avoid
+            dividing by zero. `0` divides by the exact standard deviation: a
+            constant group (or a fully masked sample) then gives NaN or inf.
+            Defaults to `1e-5`.
         center: bool, whether to add the learned offset `beta`. Defaults to
             `True`.
         scale: bool, whether to multiply by the learned scale `gamma`.
@@ -64,18 +67,29 @@ class GroupNormalization(keras.layers.Layer):
             fused implementation runs. Defaults to `None`.
         implementation: `"auto"`, `"fused"` or `"composite"`. `"fused"` is a
             C++ TensorFlow kernel (CPU; float32, float16 and bfloat16 inputs
-            of rank 3 to 5, channels first or last), compiled on first use;
+            of rank 2 or more, channels first or last), compiled on first use;
             `"composite"` is plain TensorFlow ops (any rank, dtype and
             device, XLA, TFLite). `"auto"` uses the fused kernel wherever it
             can run and the composite recipe elsewhere, including under
             `jit_compile=True`, while exporting a SavedModel, and when the
             kernel cannot be compiled. Both compute the same function.
-            Defaults to `"auto"`.
+            Calls with a mask always use the composite recipe (the kernel
+            takes no mask). Defaults to `"auto"`.
         **kwargs: base layer keyword arguments, such as `name` and `dtype`.
 
     Call arguments:
         inputs: a tensor of rank 2 or more (typically 3, 4 or 5: 1-D signals,
-            images, videos) whose channel dimension is known.
+            images, videos) whose channel dimension is known. Rank 2,
+            `(batch, features)`, is Layer Normalization over groups of
+            features.
+        mask: optional boolean tensor over the input's non-channel axes
+            (batch first), e.g. `(batch, time)` from an `Embedding(...,
+            mask_zero=True)` or `Masking` layer, or `(batch, height, width)`
+            for padded images; trailing axes may be left out and are
+            broadcast. Keras passes it automatically. The statistics then use
+            the unmasked positions only, so a padded sequence normalizes its
+            real positions exactly as the unpadded one; every position is
+            normalized, and the mask is passed on unchanged.
 
     Input shape:
         Arbitrary, with the batch on axis 0 and a known channel dimension on
@@ -84,8 +98,11 @@ class GroupNormalization(keras.layers.Layer):
     Output shape:
         Same shape as the input.
 
-    Mixed precision: under a `mixed_float16` or `mixed_bfloat16` policy the
-    statistics are computed in float32, `gamma` and `beta` are float32
+    Mixed precision: inputs are not cast to the compute dtype first (like
+    `keras.layers.GroupNormalization`): statistics are computed in float32
+    for float16, bfloat16 and float32 inputs (float64 for float64 inputs),
+    so a float32 input holding values beyond float16's range (65504) under
+    `mixed_float16` is normalized correctly; `gamma` and `beta` are float32
     variables, and the output is in the compute dtype (float16/bfloat16).
 
     Example:
@@ -124,7 +141,13 @@ class GroupNormalization(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
+        # Inputs keep their dtype: a float32 tensor under mixed_float16 is
+        # normalized from its float32 values (statistics in float32), not
+        # cast to float16 first, where values over 65504 would overflow.
+        self.autocast = False
+        self.supports_masking = True
         groups = ops.check_grouping_arguments(groups, group_size, name=self.name)
+        epsilon = ops.check_epsilon(epsilon, name=self.name)
         if isinstance(axis, bool) or not isinstance(axis, int):
             raise ValueError(
                 f"Layer '{self.name}': `axis` must be a single int (the channel "
@@ -166,16 +189,6 @@ class GroupNormalization(keras.layers.Layer):
         """The number of groups in use, known once the layer is built."""
         return self._num_groups
 
-    def _canonical_axis(self, rank):
-        if not -rank <= self.axis < rank or self.axis % rank == 0:
-            valid = list(range(1, rank)) + list(range(-rank + 1, 0))
-            raise ValueError(
-                f"Layer '{self.name}': axis={self.axis} is not a channel axis of "
-                f"a rank-{rank} input (axis 0 is the batch). Valid values: "
-                f"{valid}."
-            )
-        return self.axis % rank
-
     def build(self, input_shape):
         rank = len(input_shape)
         if rank < 2:
@@ -183,7 +196,7 @@ class GroupNormalization(keras.layers.Layer):
                 f"Layer '{self.name}' expects inputs of rank >= 2 (batch, ..., "
                 f"channels); received input shape {tuple(input_shape)}."
             )
-        axis = self._canonical_axis(rank)
+        axis = ops.channel_axis(self.axis, rank, name=self.name)
         channels = input_shape[axis]
         self._num_groups = ops.resolve_groups(
             channels, self.groups, self.group_size, name=self.name
@@ -209,7 +222,7 @@ class GroupNormalization(keras.layers.Layer):
                 autocast=False,
             )
 
-    def call(self, inputs):
+    def call(self, inputs, mask=None):
         outputs = ops.group_norm(
             inputs,
             self.gamma,
@@ -218,6 +231,7 @@ class GroupNormalization(keras.layers.Layer):
             axis=self._channel_axis,
             epsilon=self.epsilon,
             activation=self.activation,
+            mask=mask,
             implementation=self.implementation,
             name=self.name,
         )

@@ -316,17 +316,22 @@ def test_keras_applications(name):
     assert y.shape == (2, 10) and np.all(np.isfinite(y))
 
 
-def test_masked_batch_norm_is_rejected_rather_than_silently_unmasked():
-    inputs = keras.Input((5,), dtype="int32")
+def test_masked_batch_norm_becomes_a_gn_that_honours_the_mask():
+    inputs = keras.Input((None,), dtype="int32")
     x = keras.layers.Embedding(10, 8, mask_zero=True)(inputs)
     model = keras.Model(inputs, keras.layers.BatchNormalization(name="bn")(x))
-    with pytest.raises(ValueError, match="layer 'bn': it is called with a mask"):
-        keras_gn.convert_bn_to_gn(model, groups=4)
-    # In a Sequential too, where masks are passed along implicitly.
-    sequential = keras.Sequential([keras.Input((5,), dtype="int32"), keras.layers.Embedding(10, 8, mask_zero=True),
+    sequential = keras.Sequential([keras.Input((None,), dtype="int32"), keras.layers.Embedding(10, 8, mask_zero=True),
                                    keras.layers.BatchNormalization(name="seq_bn")])
-    with pytest.raises(ValueError, match="layer 'seq_bn': it is called with a mask"):
-        keras_gn.convert_bn_to_gn(sequential, groups=4)
+    tokens = np.array([[3, 1, 4, 1, 5]])
+    padded = np.array([[3, 1, 4, 1, 5, 0, 0, 0]])
+    for original in (model, sequential):
+        converted = keras_gn.convert_bn_to_gn(original, groups=4)
+        gn = [layer for layer in converted.layers if isinstance(layer, keras_gn.GroupNormalization)]
+        assert len(gn) == 1
+        # The padding does not change the statistics of the real positions,
+        # and the mask still leaves the model.
+        np.testing.assert_allclose(converted(padded)[:, :5], converted(tokens), rtol=1e-5, atol=1e-5)
+        assert converted.outputs[0]._keras_mask is not None
 
 
 def test_input_names_are_kept():

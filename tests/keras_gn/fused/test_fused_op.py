@@ -206,8 +206,10 @@ def test_auto_uses_the_fused_op_where_it_can():
     assert "KerasGnGroupNorm" in graph_op_types(layer, (None, 6, 6, 16))
     composite = keras_gn.GroupNormalization(groups=4, implementation="composite")
     assert "KerasGnGroupNorm" not in graph_op_types(composite, (None, 6, 6, 16))
-    rank2 = keras_gn.GroupNormalization(groups=4)  # rank 2: composite only
-    assert "KerasGnGroupNorm" not in graph_op_types(rank2, (None, 16))
+    rank2 = keras_gn.GroupNormalization(groups=4)  # rank 2: the op's [N, 1, C] view
+    assert "KerasGnGroupNorm" in graph_op_types(rank2, (None, 16))
+    rank6 = keras_gn.GroupNormalization(groups=4, axis=1)  # rank 6: its [N, C, S] view
+    assert "KerasGnGroupNorm" in graph_op_types(rank6, (None, 16, 2, 3, 2, 2))
     middle_axis = keras_gn.GroupNormalization(groups=4, axis=2)
     assert "KerasGnGroupNorm" not in graph_op_types(middle_axis, (None, 6, 16, 6))
 

@@ -261,3 +261,97 @@ def test_wrong_channel_count_after_build_is_rejected():
     layer(np.zeros((1, 3, 3, 8), "float32"))
     with pytest.raises(ValueError, match="expected axis -1 of input to have value 8|incompatible"):
         layer(np.zeros((1, 3, 3, 16), "float32"))
+
+
+# ------------------------------------------------------- mixed precision
+
+
+@pytest.mark.parametrize("implementation", ["fused", "composite"])
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+@pytest.mark.parametrize("input_dtype, magnitude", [("float32", 7e4), ("float32", 1e6), ("float16", 6e4),
+                                                    ("bfloat16", 6e4), ("float32", 1.0)])
+def test_mixed_precision_statistics_are_float32_whatever_the_input(implementation, policy, input_dtype,
+                                                                   magnitude):
+    # Under the global policy, as users set it. A float32 input beyond
+    # float16's range (65504) must not be cast to float16 before the
+    # statistics (it would become inf, and the output NaN).
+    keras.config.set_dtype_policy(policy)
+    rng = np.random.default_rng(20)
+    values = magnitude * (1.0 + 0.05 * rng.normal(size=(2, 6, 6, 16)))
+    x = tf.constant(np.minimum(values, 65504.0) if input_dtype == "float16" else values, input_dtype)
+    layer = keras_gn.GroupNormalization(groups=4, implementation=implementation)
+    layer.build(x.shape)
+    gamma, beta = _random_weights(layer, rng)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x)
+        loss = tf.reduce_sum(tf.cast(y, tf.float32) ** 2)
+    grads = tape.gradient(loss, [x, layer.gamma, layer.beta])
+    compute = keras.DTypePolicy(policy).compute_dtype
+    assert y.dtype == compute
+    assert all(np.all(np.isfinite(np.asarray(tf.cast(t, tf.float32)))) for t in [y, *grads])
+    expected = reference.group_norm(np.asarray(tf.cast(x, tf.float64)), gamma, beta, groups=4)
+    # The fused op writes its output in the input's dtype before the cast to
+    # the compute dtype: the coarser of the two sets the tolerance.
+    coarser = "mixed_bfloat16" if "bfloat16" in (input_dtype, compute) else policy
+    np.testing.assert_allclose(np.asarray(tf.cast(y, tf.float64)), expected, **TOLERANCES[coarser])
+
+
+def test_the_float16_maximum_is_a_finite_input_with_finite_gradients():
+    x = tf.constant(np.full((1, 4, 4, 8), 65504.0, "float16") * np.where(np.arange(8) % 2, 1, -1).astype("float16"))
+    layer = keras_gn.GroupNormalization(groups=2, dtype="mixed_float16")
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x)
+    dx = tape.gradient(y, x)
+    assert np.all(np.isfinite(np.asarray(y, np.float32))) and np.all(np.isfinite(np.asarray(dx, np.float32)))
+    np.testing.assert_allclose(np.asarray(y, np.float64), reference.group_norm(x, groups=2), atol=4e-3)
+
+
+# ------------------------------------------------------------------ masks
+
+
+def test_an_embedding_mask_is_honoured_and_passed_on():
+    inputs = keras.Input((None,), dtype="int32")
+    embedded = keras.layers.Embedding(20, 16, mask_zero=True)(inputs)
+    normalized = keras_gn.GroupNormalization(groups=4, name="gn")(embedded)
+    pooled = keras.layers.GlobalAveragePooling1D()(normalized)  # a masked mean
+    model = keras.Model(inputs, [normalized, pooled])
+    assert normalized._keras_mask is not None
+
+    tokens = np.array([[5, 3, 8, 1, 9, 2]])
+    padded = np.array([[5, 3, 8, 1, 9, 2, 0, 0, 0], [7, 4, 0, 0, 0, 0, 0, 0, 0]])
+    y_tokens, pooled_tokens = model(tokens)
+    y_padded, pooled_padded = model(padded)
+    np.testing.assert_allclose(y_padded[:1, :6], y_tokens, rtol=1e-5, atol=1e-5)
+    # The next layer got the mask: the padding does not enter its mean.
+    np.testing.assert_allclose(pooled_padded[:1], pooled_tokens, rtol=1e-5, atol=1e-5)
+    mask = model.get_layer("gn").compute_mask(None, tf.constant(padded != 0))
+    np.testing.assert_array_equal(mask, padded != 0)
+
+
+@pytest.mark.parametrize("implementation", ["auto", "fused", "composite"])
+def test_a_masking_layer_mask_restricts_the_statistics(implementation):
+    rng = np.random.default_rng(21)
+    x = rng.normal(2.0, 3.0, size=(3, 7, 8)).astype("float32")
+    x[1, 4:] = 0.0
+    x[2, 1:] = 0.0
+    model = keras.Sequential([keras.Input((7, 8)), keras.layers.Masking(0.0),
+                              keras_gn.GroupNormalization(groups=2, implementation=implementation)])
+    mask = np.any(x != 0.0, axis=-1)
+    np.testing.assert_allclose(model(x), reference.group_norm(x, groups=2, mask=mask), rtol=1e-5, atol=2e-5)
+
+
+# ---------------------------------------------------------------- epsilon
+
+
+@pytest.mark.parametrize("epsilon", [-1e-3, float("inf"), "1e-5", None])
+def test_a_bad_epsilon_is_rejected_at_construction(epsilon):
+    with pytest.raises(ValueError, match=r"Layer 'gn': epsilon=.* must be a finite number >= 0"):
+        keras_gn.GroupNormalization(epsilon=epsilon, name="gn")
+
+
+def test_epsilon_zero_divides_by_the_exact_standard_deviation():
+    x = np.random.default_rng(22).normal(size=(2, 4, 4, 8)).astype("float32")
+    y = keras_gn.GroupNormalization(groups=2, epsilon=0)(x)
+    np.testing.assert_allclose(y, reference.group_norm(x, groups=2, epsilon=0.0), rtol=1e-5, atol=2e-5)
