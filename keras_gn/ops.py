@@ -10,15 +10,22 @@ Numerical guarantees of the composite recipe:
 - Statistics are computed in float32 for float16, bfloat16 and float32 inputs
   (float64 for float64 inputs). Half-precision inputs are cast up before any
   arithmetic, so values near the float16 maximum (65504) cannot overflow.
-- The variance is two-pass: the mean first, then the mean of squared
-  deviations from it. There is no one-pass `E[x^2] - E[x]^2`, so inputs with
-  a large offset (e.g. 1e4 + N(0, 1)) keep accurate statistics. The variance
-  is a mean of squares, hence never negative.
-- The output is `(x - mean) * (gamma * rsqrt(var + epsilon)) + beta`, which
-  keeps the centering exact for large offsets, and it is returned in the
-  statistics dtype; callers cast it to their compute dtype.
-- Only reshape, mean, subtract, multiply, add and rsqrt are used, with the
-  static shape kept wherever it is known, so graphs convert to TFLite
+- Corrected two-pass statistics: the mean `m1`, then the data minus it
+  (exact for data near it), whose mean `m2` corrects the rounding of `m1`,
+  and the mean of squared deviations from `m2`. No one-pass `E[x^2] -
+  E[x]^2`: inputs with a large offset (1e6 + N(0, 1)) keep their variance to
+  1e-4 relative and their output to 1e-4 absolute. The variance is a mean
+  of squares, hence never negative.
+- The output is `(x - m1) * scale + (beta - m2 * scale)` with `scale =
+  gamma / sqrt(var + epsilon)`, returned in the statistics dtype; callers
+  cast it to their compute dtype.
+- A sample's output is bit-identical whatever else is in its batch: every
+  sum is a chain of single-axis reductions, whose order TensorFlow does not
+  change with the batch size, and `1 / sqrt` (correctly rounded) replaces
+  the approximate vectorized `rsqrt`.
+- A mask (`mask_positions`) restricts the statistics to the kept positions.
+- Only reshape, sum, subtract, multiply, add, divide and sqrt are used, with
+  the static shape kept wherever it is known, so graphs convert to TFLite
   builtin ops and compile under XLA.
 
 `group_norm(..., implementation=...)` runs either this composite recipe or the
@@ -400,29 +407,16 @@ def mask_positions(mask, shape, axis):
     return _reshape(mask, [shape[0], _prod(shape[1:axis]), 1, 1, _prod(shape[axis + 1 :])])
 
 
-def _first_kept_values(view, weights):
-    """[N, 1, G, 1, 1]: each group's first channel at the sample's first kept
-    position (its first position without a mask)."""
-    if weights is None:
-        return view[:, :1, :, :1, :1]
-    kept = tf.reshape(weights, [tf.shape(weights)[0], -1])
-    first = tf.argmax(kept, axis=1, output_type=tf.int32)
-    b = tf.shape(view)[4]
-    at_a = tf.gather(view, first // b, axis=1, batch_dims=1)  # [N, G, C/G, B]
-    at_b = tf.gather(at_a, first % b, axis=3, batch_dims=1)  # [N, G, C/G]
-    return at_b[:, None, :, :1, None]
-
-
 def _composite_group_norm(x, gamma, beta, groups, axis, epsilon, mask=None):
     """GN with plain TensorFlow ops; see the module docstring's guarantees.
 
     The input is viewed as [N, A, G, C/G, B] (A: the axes before the
-    channels, B: those after). The statistics are those of the data shifted
-    by one of its own values per group (the group's first channel at the
-    first kept position), which keeps float32 sums accurate for data with a
-    large common offset; the shift cancels in the result, and no gradient
-    flows through it. With a `mask`, the statistics cover the kept positions
-    only.
+    channels, B: those after). Corrected two-pass statistics: the data minus
+    a first mean `m1` (exact for data near it), whose own mean `m2` corrects
+    the rounding of `m1` (a float32 mean of 1e6 + N(0, 1) is off by up to
+    0.03); the output is `(x - m1) * scale + (beta - m2 * scale)`. `m1` cancels
+    in the result, and no gradient flows through it. With a `mask`, the
+    statistics cover the kept positions only.
     """
     rank = x.shape.rank
     axis = axis % rank
@@ -442,16 +436,17 @@ def _composite_group_norm(x, gamma, beta, groups, axis, epsilon, mask=None):
     def group_mean(v):
         return _group_sums(v if weights is None else v * weights) / count
 
-    shifted = view - tf.stop_gradient(_first_kept_values(view, weights))
-    centered = shifted - group_mean(shifted)
+    centered = view - tf.stop_gradient(group_mean(view))
+    correction = group_mean(centered)
+    variance = group_mean(tf.math.squared_difference(centered, correction))
     # 1 / sqrt, both correctly rounded, not rsqrt: TensorFlow's vectorized
     # rsqrt is approximate, and whether a sample's value goes through it or
     # through the exact scalar path depends on the batch size.
-    scale = 1.0 / tf.sqrt(group_mean(tf.square(centered)) + tf.constant(epsilon, dtype))
+    scale = 1.0 / tf.sqrt(variance + tf.constant(epsilon, dtype))
     param_shape = [1, 1, groups, group_size, 1]
     if gamma is not None:
         scale = scale * tf.reshape(tf.cast(gamma, dtype), param_shape)
-    outputs = centered * scale
+    offset = -correction * scale
     if beta is not None:
-        outputs = outputs + tf.reshape(tf.cast(beta, dtype), param_shape)
-    return _reshape(outputs, shape)
+        offset = offset + tf.reshape(tf.cast(beta, dtype), param_shape)
+    return _reshape(centered * scale + offset, shape)
