@@ -34,40 +34,46 @@ flags.DEFINE_string("dataset", "cifar10", "A TFDS dataset name (cifar10, cifar10
                     "or 'folder' for an image folder / tar archive in --data_dir.")
 flags.DEFINE_string("data_dir", None, "TFDS data directory, or the image folder / tar archive.")
 flags.DEFINE_integer("per_replica_batch_size", None, "Images per replica (per GPU); the global batch "
-                     "is this times the number of replicas. Default: the recipe's (32 ImageNet, 128 CIFAR).")
-flags.DEFINE_integer("epochs", None, "Epochs. Default: the recipe's (100 ImageNet, 160 CIFAR).")
-flags.DEFINE_integer("steps_per_epoch", None, "Cap on training (and evaluation) steps per epoch, for smoke runs.")
+                     "is this times the number of replicas. Default: the recipe's (32 ImageNet, 128 CIFAR).",
+                     lower_bound=1)
+flags.DEFINE_integer("epochs", None, "Epochs. Default: the recipe's (100 ImageNet, 160 CIFAR).",
+                     lower_bound=1)
+flags.DEFINE_integer("steps_per_epoch", None, "Cap on training (and evaluation) steps per epoch, for smoke runs.",
+                     lower_bound=1)
 flags.DEFINE_string("model_dir", None, "Where logs, checkpoints, the backup and results.json go.")
 flags.DEFINE_enum("strategy", "default", list(strategies.STRATEGIES), "tf.distribute strategy.")
 flags.DEFINE_integer("num_cpu_devices", 0, "Split the CPU into this many logical devices, one replica on each "
-                     "(--strategy=mirrored; GPUs are then not used).")
+                     "(--strategy=mirrored; GPUs are then not used).", lower_bound=0)
 flags.DEFINE_enum("mixed_precision", "none", ["none", "mixed_float16", "mixed_bfloat16"], "Dtype policy.")
 flags.DEFINE_string("init", None, "Fine-tune from zoo weights: a registry tag or a .weights.h5 path.")
 flags.DEFINE_bool("fake_data", False, "Random images (smoke tests, throughput).")
 # Recipe and model options.
 flags.DEFINE_enum("recipe", None, list(recipes.RECIPES), "Default: cifar for 32 px models/datasets, else imagenet.")
 flags.DEFINE_enum("norm", "gn", ["gn", "bn"], "Normalization of the model.")
-flags.DEFINE_integer("groups", None, "GN groups. Default: 32, or those of the --init weights.")
-flags.DEFINE_integer("group_size", None, "GN channels per group instead of --groups.")
+flags.DEFINE_integer("groups", None, "GN groups. Default: 32, or those of the --init weights.", lower_bound=1)
+flags.DEFINE_integer("group_size", None, "GN channels per group instead of --groups.", lower_bound=1)
 flags.DEFINE_bool("weight_standardization", False, "Weight Standardization of every convolution (GN+WS, "
                   "Qiao et al. 2019), for the zoo's ResNets. Default: off, or as the --init weights were trained.")
 flags.DEFINE_bool("sync_bn", False, "Synchronize BN statistics across replicas (default: per replica, as in the paper).")
-flags.DEFINE_float("base_learning_rate", None, "Learning rate per reference batch (0.1 per 256 ImageNet, per 128 CIFAR).")
-flags.DEFINE_float("warmup_epochs", 0, "Linear learning-rate warm-up.")
-flags.DEFINE_float("weight_decay", None, "Default: the recipe's (1e-4).")
+flags.DEFINE_float("base_learning_rate", None, "Learning rate per reference batch (0.1 per 256 ImageNet, per 128 CIFAR).",
+                   lower_bound=0.0)
+flags.DEFINE_float("warmup_epochs", 0, "Linear learning-rate warm-up, in epochs.", lower_bound=0.0)
+flags.DEFINE_float("weight_decay", None, "Default: the recipe's (1e-4).", lower_bound=0.0)
 flags.DEFINE_enum("schedule", None, list(recipes.SCHEDULES), "Learning-rate schedule: the recipe's steps "
                   "(default), or a cosine from the peak to 0 at the last step.")
 flags.DEFINE_integer("cutout", None, "Cutout (DeVries & Taylor 2017) of this many pixels square on the "
-                     "training images, filled with the dataset mean (CIFAR-10: 16). Default: the recipe's (none).")
+                     "training images, filled with the dataset mean (CIFAR-10: 16). Default: the recipe's (none).",
+                     lower_bound=0)
 flags.DEFINE_bool("decay_norm_parameters", True, "Apply weight decay to GN/BN gamma and beta (the paper does; "
                   "fine-tuning never does).")
-flags.DEFINE_integer("image_size", None, "Training crop size. Default: the recipe's.")
+flags.DEFINE_integer("image_size", None, "Training crop size. Default: the recipe's.", lower_bound=1)
 flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_string("tpu", None, "TPU name or address for --strategy=tpu.")
 flags.DEFINE_integer("steps_per_execution", 1, "Training steps per tf.function call: more cuts the "
                      "per-step overhead of small batches on many replicas. Rounded to the nearest divisor "
-                     "of the steps per epoch (Keras runs whole executions).")
-flags.DEFINE_integer("verbose", 1, "Keras progress output: 1 progress bars, 2 one line per epoch.")
+                     "of the steps per epoch (Keras runs whole executions).", lower_bound=1)
+flags.DEFINE_integer("verbose", 1, "Keras progress output: 0 none, 1 progress bars, 2 one line per epoch.",
+                     lower_bound=0, upper_bound=2)
 
 
 def _fail(message):
@@ -176,6 +182,22 @@ def gn_grouping(model):
     return dict(sorted(grouping.items()))
 
 
+def _name_unreadable_images(source):
+    """After a data error: if images of a folder source cannot be decoded,
+    stop with their names (a corrupt file stops the run; remove or replace
+    it, and the same command resumes from the backup)."""
+    from train import data
+
+    if not source.files:
+        return
+    print(f"A data error stopped training; checking the {len(source.files)} image files...", flush=True)
+    bad = data.find_unreadable_images(source.files)
+    if bad:
+        listed = "\n  ".join(bad[:20]) + (f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else "")
+        _fail(f"{len(bad)} image file(s) cannot be decoded:\n  {listed}\nRemove or replace them, then run "
+              "the same command again: it resumes from the last backup.")
+
+
 def main(argv):
     del argv
     recipe = _validate_and_recipe()
@@ -228,7 +250,7 @@ def main(argv):
     log = run_callbacks.EpochLog(model_dir, global_batch, steps)
     callbacks = [
         log,  # before the backup: see train.callbacks
-        keras.callbacks.BackupAndRestore(os.path.join(model_dir, "backup")),
+        run_callbacks.Backup(os.path.join(model_dir, "backup"), recipe.epochs),
         keras.callbacks.ModelCheckpoint(os.path.join(model_dir, "latest.weights.h5"), save_weights_only=True),
         keras.callbacks.TensorBoard(os.path.join(model_dir, "tensorboard")),
     ]
@@ -236,8 +258,12 @@ def main(argv):
           f"{recipe.per_replica_batch_size} = {global_batch} images per step, {steps} steps per epoch, "
           f"{recipe.epochs} epochs, peak learning rate {peak:g}, recipe {recipe.name}.", flush=True)
     start = time.time()
-    model.fit(train_ds, epochs=recipe.epochs, steps_per_epoch=steps, validation_data=test_ds,
-              validation_steps=eval_steps, callbacks=callbacks, verbose=FLAGS.verbose)
+    try:
+        model.fit(train_ds, epochs=recipe.epochs, steps_per_epoch=steps, validation_data=test_ds,
+                  validation_steps=eval_steps, callbacks=callbacks, verbose=FLAGS.verbose)
+    except tf.errors.InvalidArgumentError:
+        _name_unreadable_images(source)
+        raise
     wall = time.time() - start
     model.save_weights(os.path.join(model_dir, "final.weights.h5"))
 

@@ -17,12 +17,26 @@ normalizes its own inputs (`zoo.Preprocessing`), so pipelines hand it raw
   keras-cv 0.9's `RandomCrop` resamples through `crop_and_resize`, which
   drops a row or column of pixels in about a third of the crops.
 - Either recipe: Cutout after the crops and flips where it asks for it.
+
+A tar archive of an image folder is extracted once, into the package's cache
+(`<cache>/data/<archive name>-<sha256 prefix>/`, `<cache>` as for the fused
+op: `$KERAS_GN_CACHE_DIR` or `~/.cache/keras_gn`), and reused by later runs.
+The extraction goes to a temporary folder beside it, renamed into place when
+complete, under a file lock, so concurrent runs extract once and a killed or
+refused extraction leaves nothing that a later run would trust (its partial
+folder is removed then). Nothing is written to the system temp folder.
+
+A corrupt image file stops the run: `find_unreadable_images` then names it
+(see `python -m train`).
 """
 
 import dataclasses
+import fcntl
+import hashlib
+import os
 import pathlib
+import shutil
 import tarfile
-import tempfile
 from collections.abc import Callable
 
 import keras
@@ -54,6 +68,7 @@ class Source:
     train_examples: int
     test_examples: int
     name: str
+    files: tuple = ()  # the image files of a folder source (train and test)
 
     @property
     def train(self):
@@ -72,19 +87,58 @@ def _read_and_decode(path, label):
     return _decode_image(tf.io.read_file(path), label)
 
 
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def data_cache_dir():
+    from keras_gn.fused.builder import cache_dir
+
+    return cache_dir() / "data"
+
+
+def extracted_archive(archive):
+    """The folder an image-folder tar `archive` is extracted to, extracting
+    it on first use (see the module docstring)."""
+    archive = pathlib.Path(archive)
+    target = data_cache_dir() / f"{archive.name.split('.')[0]}-{_sha256(archive)[:16]}"
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        if target.is_dir():  # another run extracted it meanwhile
+            return target
+        for stale in target.parent.glob(f".{target.name}.partial-*"):  # from a killed run
+            shutil.rmtree(stale, ignore_errors=True)
+        partial = target.parent / f".{target.name}.partial-{os.getpid()}"
+        print(f"Extracting {archive.name} into {target} (once; later runs reuse it).", flush=True)
+        try:
+            with tarfile.open(archive) as tar:
+                tar.extractall(partial, filter="data")
+            os.replace(partial, target)
+        except (tarfile.TarError, OSError) as error:
+            raise ValueError(f"--data_dir={archive} cannot be extracted: {error}") from None
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+    return target
+
+
 def image_folder(path):
     """An image folder: `train/<class>/*` and `test/<class>/*` (or `val/`),
-    as a directory or a tar archive (extracted to a temporary directory)."""
+    as a directory or a tar archive (extracted once into the cache)."""
     root = name = pathlib.Path(path)
     if not root.exists():
         raise ValueError(f"--data_dir={path} does not exist.")
     if root.is_file():
         if not tarfile.is_tarfile(root):
             raise ValueError(f"--data_dir={path} is a file but not a tar archive.")
-        extracted = pathlib.Path(tempfile.mkdtemp(prefix="keras_gn_data_"))
-        with tarfile.open(root) as tar:
-            tar.extractall(extracted, filter="data")
-        candidates = [p.parent for p in extracted.rglob("train") if p.is_dir()]
+        extracted = extracted_archive(root)
+        candidates = sorted(p.parent for p in extracted.rglob("train") if p.is_dir())
         if not candidates:
             raise ValueError(f"{path} has no train/ folder inside.")
         root = candidates[0]
@@ -92,6 +146,16 @@ def image_folder(path):
     if not (root / "train").is_dir() or test_dir is None:
         raise ValueError(f"{root} needs train/<class>/ and test/<class>/ (or val/) folders.")
     classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+    missing = [c for c in classes if not (test_dir / c).is_dir()]
+    extra = sorted(p.name for p in test_dir.iterdir() if p.is_dir() and p.name not in classes)
+    if missing or extra:
+        raise ValueError(
+            f"The class folders of {test_dir} and {root / 'train'} differ: "
+            + "; ".join(filter(None, [
+                missing and f"{test_dir.name}/ has no folder for {', '.join(missing)}",
+                extra and f"{test_dir.name}/ has {', '.join(extra)}, which train/ has not"]))
+            + ". Both need the same class folders (a folder may be empty)."
+        )
 
     def listing(split_dir):
         paths, labels = [], []
@@ -104,13 +168,28 @@ def image_folder(path):
         # A fixed shuffle of the listing, so that a capped evaluation
         # (--steps_per_epoch) sees every class, not the first ones.
         order = np.random.default_rng(0).permutation(len(paths))
-        return tf.data.Dataset.from_tensor_slices((np.array(paths)[order], np.array(labels)[order])), len(paths)
+        return np.array(paths)[order], np.array(labels)[order]
 
-    train, n_train = listing(root / "train")
-    test, n_test = listing(test_dir)
-    return Source(train, test, _read_and_decode, encoded_shuffle_buffer=n_train,  # paths: all of them
-                  num_classes=len(classes), train_examples=n_train, test_examples=n_test,
-                  name=f"folder:{name.name}")
+    (train_paths, train_labels), (test_paths, test_labels) = listing(root / "train"), listing(test_dir)
+    return Source(tf.data.Dataset.from_tensor_slices((train_paths, train_labels)),
+                  tf.data.Dataset.from_tensor_slices((test_paths, test_labels)), _read_and_decode,
+                  encoded_shuffle_buffer=len(train_paths),  # paths: all of them
+                  num_classes=len(classes), train_examples=len(train_paths), test_examples=len(test_paths),
+                  name=f"folder:{name.name}", files=(*train_paths, *test_paths))
+
+
+def find_unreadable_images(paths):
+    """The files among `paths` that cannot be read or decoded as images
+    (decoded in parallel, as training would)."""
+
+    def check(path):
+        image, _ = _read_and_decode(path, 0)
+        return path, tf.shape(image)[0]
+
+    readable = tf.data.Dataset.from_tensor_slices(list(paths)).map(check, num_parallel_calls=AUTOTUNE)
+    readable = readable.ignore_errors()
+    good = {p.decode() for p, _ in readable.as_numpy_iterator()}
+    return [p for p in paths if p not in good]
 
 
 def tfds_dataset(name, data_dir=None):

@@ -219,6 +219,11 @@ def weights_file(entry):
     from zoo import convert
 
     converted = download.cached_path(f"{entry.tag}.weights.h5")
+    if converted.exists():
+        try:
+            _check_h5(converted)
+        except OSError:  # damaged in the cache: convert it again
+            converted.unlink()
     if not converted.exists():
 
         def validate(path):

@@ -186,26 +186,70 @@ def test_multi_worker_two_processes_agree_on_the_weights(tmp_path):
         np.testing.assert_array_equal(a, b, err_msg=name)
 
 
-def test_killed_run_resumes_without_duplicated_or_lost_epochs(tmp_path):
-    args = [*SMOKE, "--per_replica_batch_size=32", "--steps_per_epoch=30", "--epochs=3", f"--model_dir={tmp_path}"]
-    process = subprocess.Popen([sys.executable, "-m", "train", *args], env=ENV,
+def _killed(args, until, env=None, delay=0.0):
+    """Starts `python -m train` and SIGKILLs it `delay` seconds after
+    `until()` is true."""
+    process = subprocess.Popen([sys.executable, "-m", "train", *args], env={**ENV, **(env or {})},
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    history = tmp_path / "history.json"
     deadline = time.time() + 300
-    while time.time() < deadline and not (history.exists() and "0" in json.loads(history.read_text() or "{}")):
+    while time.time() < deadline and not until() and process.poll() is None:
         time.sleep(0.2)
-    time.sleep(1.0)  # into the second epoch
+    time.sleep(delay)
     process.send_signal(signal.SIGKILL)
     process.wait()
+
+
+def _check_finished(model_dir, steps=30):
+    r = results(model_dir)
+    assert r["epochs_completed"] == 3 and r["total_steps"] == 3 * steps
+    assert r["optimizer_steps"] == 3 * steps  # the optimizer's state came back, no epoch trained twice
+    assert [h["steps"] for h in r["history"]] == [steps] * 3
+    rows = (model_dir / "log.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in rows[1:]] == ["0", "1", "2"]
+
+
+def test_killed_run_resumes_without_duplicated_or_lost_epochs(tmp_path):
+    args = [*SMOKE, "--per_replica_batch_size=32", "--steps_per_epoch=30", "--epochs=3", f"--model_dir={tmp_path}"]
+    history = tmp_path / "history.json"
+    # Killed 1 s into the second epoch.
+    _killed(args, lambda: history.exists() and "0" in json.loads(history.read_text() or "{}"), delay=1.0)
     done = json.loads(history.read_text())
     assert list(done) == ["0"], f"killed after epochs {list(done)}: make the epochs longer"
     resumed = train(*args)
-    assert "Epoch 2/3" in resumed.stdout and "Epoch 1/3" not in resumed.stdout  # from the backup
-    r = results(tmp_path)
-    assert r["epochs_completed"] == 3 and r["total_steps"] == 90
-    assert [h["steps"] for h in r["history"]] == [30, 30, 30]
-    rows = (tmp_path / "log.csv").read_text().splitlines()
-    assert [row.split(",")[0] for row in rows[1:]] == ["0", "1", "2"]
+    backups = sorted(p.name for p in (tmp_path / "backup").iterdir())
+    assert backups == ["epoch-2", "epoch-3"], backups  # the newest two, nothing partial
+    assert "Resuming from the backup after epoch 1 of 3" in resumed.stdout
+    assert "Epoch 2/3" in resumed.stdout and "Epoch 1/3" not in resumed.stdout
+    _check_finished(tmp_path)
+    # The same command again finds the run finished.
+    again = train(*args)
+    assert "Resuming from the backup after epoch 3 of 3" in again.stdout and "Epoch " not in again.stdout
+
+
+@pytest.mark.parametrize("stage", ["state", "rename"])
+def test_a_kill_while_the_backup_is_written_resumes_from_the_last_complete_one(tmp_path, stage):
+    # Paused (then killed) while writing the backup after epoch 2: half a
+    # weights file and no state, or both written but not renamed into place.
+    args = [*SMOKE, "--per_replica_batch_size=32", "--steps_per_epoch=30", "--epochs=3", f"--model_dir={tmp_path}"]
+    _killed(args, (tmp_path / "backup" / f"paused-at-{stage}").exists,
+            env={"KERAS_GN_TEST_PAUSE_BACKUP": f"{stage}:2"})
+    assert (tmp_path / "backup" / f"paused-at-{stage}").exists()
+    resumed = train(*args)
+    assert "Resuming from the backup after epoch 1 of 3" in resumed.stdout
+    assert "Epoch 2/3" in resumed.stdout and "Epoch 1/3" not in resumed.stdout
+    assert not list((tmp_path / "backup").glob(".partial-*"))
+    _check_finished(tmp_path)
+
+
+def test_a_damaged_backup_falls_back_to_the_one_before(tmp_path):
+    args = [*SMOKE, "--per_replica_batch_size=32", "--steps_per_epoch=30", "--epochs=3", f"--model_dir={tmp_path}"]
+    _killed(args, (tmp_path / "backup" / "paused-at-rename").exists, env={"KERAS_GN_TEST_PAUSE_BACKUP": "rename:3"})
+    weights = tmp_path / "backup" / "epoch-2" / "model.weights.h5"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 3])  # e.g. a disk error
+    resumed = train(*args)
+    assert "backup/epoch-2 cannot be restored" in resumed.stderr
+    assert "Resuming from the backup after epoch 1 of 3" in resumed.stdout
+    _check_finished(tmp_path)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -219,6 +263,12 @@ def test_killed_run_resumes_without_duplicated_or_lost_epochs(tmp_path):
     (["--schedule=linear"], "value should be one of <step|cosine>"),
     (["--model=vgg16_cifar_gn", "--weight_standardization"],
      "--weight_standardization is for the zoo's ResNets, not --model=vgg16_cifar_gn; valid: "),
+    (["--epochs=0"], "flag --epochs=0: 0 is not a positive integer"),
+    (["--epochs=-2"], "flag --epochs=-2"),
+    (["--steps_per_epoch=-1"], "flag --steps_per_epoch=-1"),
+    (["--per_replica_batch_size=0"], "flag --per_replica_batch_size=0"),
+    (["--weight_decay=-1"], "flag --weight_decay=-1: -1.0 is not a non-negative number"),
+    (["--verbose=3"], "flag --verbose=3"),
 ])
 def test_bad_flags_fail_at_start_with_what_is_valid(tmp_path, args, message):
     result = train(f"--model_dir={tmp_path}", *args, check=False, timeout=300)
@@ -236,3 +286,17 @@ def test_mixed_precision_and_fine_tuning_from_zoo_weights(tmp_path):
     r = results(tmp_path / "run")
     assert r["flags"]["mixed_precision"] == "mixed_bfloat16" and r["epochs_completed"] == 1
     assert np.isfinite(r["history"][0]["loss"])
+
+
+def test_a_corrupt_image_stops_the_run_with_its_name(tmp_path):
+    from tests.train.test_data import make_folder
+
+    folder = make_folder(tmp_path / "pets", per_class=4)
+    corrupt = folder / "train" / "dog" / "2.png"
+    corrupt.write_bytes(corrupt.read_bytes()[:40])  # truncated
+    result = train("--model=resnet20_gn", "--dataset=folder", f"--data_dir={folder}", "--recipe=cifar",
+                   "--per_replica_batch_size=2", "--epochs=1", "--verbose=2", f"--model_dir={tmp_path / 'run'}",
+                   check=False)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert f"1 image file(s) cannot be decoded:\n  {corrupt}\nRemove or replace them" in output

@@ -4,6 +4,7 @@
 import dataclasses
 import os
 import tarfile
+import tempfile
 
 import numpy as np
 import pytest
@@ -25,6 +26,14 @@ def make_folder(root, classes=("cat", "dog"), per_class=3, size=40):
     return root
 
 
+@pytest.fixture(autouse=True)
+def data_cache(tmp_path, monkeypatch):
+    """Archives extract into a cache of the test's own."""
+    cache = tmp_path / "data_cache"
+    monkeypatch.setattr(data, "data_cache_dir", lambda: cache)
+    return cache
+
+
 def test_image_folder_directory_and_tar(tmp_path):
     folder = make_folder(tmp_path / "pets")
     with tarfile.open(tmp_path / "pets.tar.gz", "w:gz") as tar:
@@ -44,6 +53,64 @@ def test_bad_folders(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="needs train/<class>/ and test/<class>/"):
         data.image_folder(tmp_path / "empty")
+    folder = make_folder(tmp_path / "pets", classes=("cat", "dog", "emu"))
+    (folder / "test" / "dog").rename(folder / "test" / "dingo")
+    for f in (folder / "test" / "emu").iterdir():
+        f.unlink()
+    (folder / "test" / "emu").rmdir()
+    with pytest.raises(ValueError, match=r"The class folders of .*pets/test and .*pets/train differ: test/ has no "
+                                         r"folder for dog, emu; test/ has dingo, which train/ has not\."):
+        data.image_folder(folder)
+
+
+def _temp_listing():
+    return set(os.listdir(tempfile.gettempdir()))
+
+
+def test_an_archive_is_extracted_once_into_the_cache_and_never_into_temp(tmp_path, data_cache, capsys):
+    with tarfile.open(tmp_path / "pets.tar.gz", "w:gz") as tar:
+        tar.add(make_folder(tmp_path / "pets"), arcname="pets")
+    before = _temp_listing()
+    (data_cache / ".pets-0.partial-1").mkdir(parents=True)  # a stale partial extraction: not ours
+    first = data.image_folder(tmp_path / "pets.tar.gz")
+    assert capsys.readouterr().out.count("Extracting pets.tar.gz into") == 1
+    second = data.image_folder(tmp_path / "pets.tar.gz")
+    assert capsys.readouterr().out == ""  # reused
+    assert first.files == second.files and all(f.startswith(str(data_cache)) for f in first.files)
+    (extracted,) = [p for p in data_cache.iterdir() if not p.name.startswith(".")]
+    digest = data._sha256(tmp_path / "pets.tar.gz")
+    assert extracted.name == f"pets-{digest[:16]}"
+    # A stale partial of this archive (a killed extraction) is cleaned by the next one.
+    stale = data_cache / f".{extracted.name}.partial-99999"
+    stale.mkdir()
+    import shutil
+    shutil.rmtree(extracted)
+    data.image_folder(tmp_path / "pets.tar.gz")
+    assert not stale.exists()
+    assert _temp_listing() <= before
+
+
+def test_a_refused_archive_leaves_nothing_behind(tmp_path, data_cache):
+    evil = tmp_path / "evil.tar"
+    with tarfile.open(evil, "w") as tar:
+        info = tarfile.TarInfo("../escape.txt")
+        info.size = 2
+        import io
+        tar.addfile(info, io.BytesIO(b"hi"))
+    before = _temp_listing()
+    with pytest.raises(ValueError, match=r"--data_dir=.*evil.tar cannot be extracted: "):
+        data.image_folder(evil)
+    assert [p.name for p in data_cache.iterdir() if not p.name.endswith(".lock")] == []
+    assert not (tmp_path / "escape.txt").exists() and _temp_listing() <= before
+
+
+def test_unreadable_images_are_named(tmp_path):
+    folder = make_folder(tmp_path / "pets")
+    (folder / "train" / "dog" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (folder / "test" / "cat" / "2.png").write_bytes(b"")
+    source = data.image_folder(folder)
+    bad = data.find_unreadable_images(source.files)
+    assert sorted(bad) == sorted([str(folder / "train" / "dog" / "1.png"), str(folder / "test" / "cat" / "2.png")])
 
 
 @pytest.mark.parametrize("name", ["imagenet", "cifar"])

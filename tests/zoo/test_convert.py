@@ -4,6 +4,7 @@ the Keras model must reproduce the reference's logits. A layout, padding or
 stride error changes the logits by far more than the tolerance."""
 
 import hashlib
+import pathlib
 import pickle
 import subprocess
 import sys
@@ -106,10 +107,12 @@ class _Exploit:
 def test_pickles_cannot_run_code(tmp_path):
     with open(tmp_path / "evil.pkl", "wb") as f:
         pickle.dump({"blobs": {"conv1_w": _Exploit()}}, f, protocol=2)
-    with pytest.raises(pickle.UnpicklingError, match=r"(__builtin__|builtins).print is not allowed in a weights file"):
+    with pytest.raises(ValueError, match=r"evil.pkl is not a readable detectron weights file: "
+                                         r"(__builtin__|builtins).print is not allowed in a weights file"):
         convert.read_source("detectron", tmp_path / "evil.pkl", "resnet50_gn")
     torch.save({"x": _Exploit()}, tmp_path / "evil.pth", pickle_protocol=2)
-    with pytest.raises(pickle.UnpicklingError, match=r"(__builtin__|builtins).print is not allowed in a weights file"):
+    with pytest.raises(ValueError, match=r"evil.pth is not a readable torch.save weights file: "
+                                         r"(__builtin__|builtins).print is not allowed in a weights file"):
         convert.readers.read_timm(tmp_path / "evil.pth")
 
 
@@ -163,7 +166,141 @@ def test_registry_tag_downloads_converts_and_caches(reference, file_server, regi
     (weights_cache / served.name).write_bytes(served.read_bytes()[:5000])
     zoo.resnet50_gn(weights="test_timm")
     assert len(file_server.requests) == 2
+    # A converted file damaged in the cache (a conversion killed before
+    # conversions were written atomically) is converted again.
+    converted = weights_cache / "resnet50_gn.test_timm.weights.h5"
+    converted.write_bytes(converted.read_bytes()[:4000])
+    model_gn = zoo.resnet50_gn(weights="test_timm", input_shape=(SIZE, SIZE, 3), classifier_activation=None)
+    np.testing.assert_allclose(model_gn.predict(images, verbose=0), expected, rtol=1e-4, atol=1e-4)
+    assert len(file_server.requests) == 2
     (weights_cache / "resnet50_gn.test_timm.weights.h5").unlink()
     registry_with(dict(record, sha256_prefix="00000000"))
     with pytest.raises(download.DownloadError, match="does not start with the published 00000000"):
         zoo.resnet50_gn(weights="test_timm")
+
+
+# ------------------------------------------------ crafted and damaged files
+
+
+class _Storage:
+    def __init__(self, numel):
+        self.numel = numel
+
+
+class _Tensor:
+    """Pickles as torch's tensor record, with any offset, size and stride."""
+
+    def __init__(self, storage, offset, size, stride):
+        self.args = (storage, offset, size, stride)
+
+    def __reduce__(self):
+        import collections
+
+        return torch._utils._rebuild_tensor_v2, (*self.args, False, collections.OrderedDict())
+
+
+class _TorchPickler(pickle.Pickler):
+    def persistent_id(self, obj):
+        if isinstance(obj, _Storage):
+            return ("storage", torch.FloatStorage, "0", "cpu", obj.numel)
+        return None
+
+
+def _crafted_pth(path, offset, size, stride, stored=4, declared=4):
+    """A torch.save-style zip whose one tensor 'weight' has the given record
+    over a storage of `stored` float32 values that declares `declared`."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    _TorchPickler(buffer, protocol=2).dump({"weight": _Tensor(_Storage(declared), offset, size, stride)})
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", buffer.getvalue())
+        archive.writestr("archive/data/0", np.arange(stored, dtype="<f4").tobytes())
+
+
+@pytest.mark.parametrize("offset, size, stride, message", [
+    (0, (256,), (1,), r"need 256 elements, its storage has 4"),
+    (3, (2,), (1,), r"need 5 elements, its storage has 4"),
+    (0, (2, 2), (3, 1), r"need 5 elements, its storage has 4"),
+    (0, (4,), (-1,), r"negative offset, size or stride"),
+    (-2, (2,), (1,), r"negative offset, size or stride"),
+    (0, (2, 2), (1,), r"differ in rank"),
+])
+def test_a_tensor_outside_its_storage_is_refused(tmp_path, offset, size, stride, message):
+    path = tmp_path / "crafted.pth"
+    _crafted_pth(path, offset, size, stride)
+    with pytest.raises(ValueError, match=rf"crafted.pth: tensor 'weight' is invalid: .*{message}"):
+        convert.readers.read_timm(path)
+
+
+def test_in_bounds_records_read_their_values(tmp_path):
+    _crafted_pth(tmp_path / "ok.pth", 1, (2, 2), (0, 2))  # a zero stride repeats a row
+    np.testing.assert_array_equal(convert.readers.read_timm(tmp_path / "ok.pth")["weight"], [[1, 3], [1, 3]])
+
+
+def test_a_storage_shorter_than_it_declares_is_refused(tmp_path):
+    _crafted_pth(tmp_path / "short.pth", 0, (4,), (1,), stored=2, declared=4)
+    with pytest.raises(ValueError, match=r"short.pth is not a readable torch.save weights file: "
+                                         r"storage 0 declares 4 elements but holds 2"):
+        convert.readers.read_timm(tmp_path / "short.pth")
+
+
+class _ArrayWithoutData:
+    """Pickles as NumPy's array constructor with no state: the array would
+    be NumPy's uninitialised memory."""
+
+    def __reduce__(self):
+        return np._core.multiarray._reconstruct, (np.ndarray, (1000,), np.dtype("float32"))
+
+
+def test_a_detectron_array_without_data_is_refused(tmp_path):
+    with open(tmp_path / "hollow.pkl", "wb") as f:
+        pickle.dump({"blobs": {"conv1_w": _ArrayWithoutData()}}, f, protocol=2)
+    with pytest.raises(ValueError, match=r"hollow.pkl is not a readable detectron weights file: "
+                                         r"array 'conv1_w' has no data in the file"):
+        convert.readers.read("detectron", tmp_path / "hollow.pkl")
+    with open(tmp_path / "objects.pkl", "wb") as f:
+        pickle.dump({"blobs": {"conv1_w": np.array([1, "a"], dtype=object)}}, f, protocol=2)
+    with pytest.raises(ValueError, match=r"array 'conv1_w' holds object values, not numbers"):
+        convert.readers.read("detectron", tmp_path / "objects.pkl")
+
+
+@pytest.mark.parametrize("source", convert.SOURCES)
+def test_truncated_files_get_an_error_naming_them(source, reference, tmp_path):
+    model, _, _ = reference
+    whole = tmp_path / f"whole{SUFFIX[source]}"
+    ref.WRITERS[source](model, whole)
+    cut = tmp_path / f"cut{SUFFIX[source]}"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 2 // 3])
+    with pytest.raises(ValueError, match=rf"{cut.name} is not a readable (torch.save|{source}) weights file: "):
+        convert.read_source(source, cut, "resnet50_gn")
+    with pytest.raises(ValueError, match=r"missing.pkl does not exist"):
+        convert.read_source(source, tmp_path / "missing.pkl", "resnet50_gn")
+
+
+def test_the_command_line_says_what_is_wrong_with_a_file_in_one_line(tmp_path):
+    (tmp_path / "garbage.pkl").write_bytes(b"\x80\x02not a pickle at all")
+    result = subprocess.run(
+        [sys.executable, "-m", "zoo.convert", "--source=detectron", f"--input={tmp_path / 'garbage.pkl'}",
+         f"--output={tmp_path / 'out.weights.h5'}"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1
+    assert f"Error: {tmp_path / 'garbage.pkl'} is not a readable detectron weights file" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out.weights.h5").exists()
+
+
+def test_a_conversion_killed_while_writing_leaves_no_file(reference, tmp_path, monkeypatch):
+    import keras
+
+    model, _, _ = reference
+    ref.write_tensorpack(model, tmp_path / "w.npz")
+
+    def killed_while_writing(self, filepath, *args, **kwargs):
+        pathlib.Path(filepath).write_bytes(b"half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(keras.Model, "save_weights", killed_while_writing)
+    with pytest.raises(KeyboardInterrupt):
+        convert.convert_file("tensorpack", tmp_path / "w.npz", "resnet50_gn", tmp_path / "out.weights.h5")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.npz"]

@@ -31,9 +31,12 @@ layer1..layer4; blocks count from 0.
 """
 
 import dataclasses
+import os
+import pathlib
 
 import numpy as np
 
+from zoo.convert import readers
 from zoo.convert.readers import READERS
 
 SOURCES = tuple(READERS)
@@ -131,7 +134,7 @@ def read_source(source, path, arch, model=None):
         ValueError: naming the missing or mis-shaped arrays.
     """
     _check_source(source)
-    arrays = READERS[source](path)
+    arrays = readers.read(source, path)
     model = model or _full_model(arch)
     mapping, missing, wrong = {}, [], []
     for layer_name, names in layer_map(source, arch):
@@ -165,5 +168,13 @@ def convert_file(source, input_path, arch, output_path):
     for layer_name, values in read_source(source, input_path, arch, model).items():
         for variable, value in zip(model.get_layer(layer_name).weights, values):
             variable.assign(value)
-    model.save_weights(str(output_path))
+    # Written beside the target and renamed into place: a conversion killed
+    # halfway never leaves a file at `output_path` that a later load trusts.
+    output_path = pathlib.Path(output_path)
+    partial = output_path.with_name(f".{output_path.name}.partial-{os.getpid()}.weights.h5")
+    try:
+        model.save_weights(str(partial))
+        os.replace(partial, output_path)
+    finally:
+        partial.unlink(missing_ok=True)
     return output_path

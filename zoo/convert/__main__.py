@@ -23,7 +23,10 @@ def main(argv):
     del argv
     if not FLAGS.output.endswith(".weights.h5"):
         raise app.UsageError(f"--output={FLAGS.output} must end in .weights.h5")
-    convert.convert_file(FLAGS.source, FLAGS.input, FLAGS.arch, FLAGS.output)
+    try:
+        convert.convert_file(FLAGS.source, FLAGS.input, FLAGS.arch, FLAGS.output)
+    except ValueError as error:  # a bad input file or --arch: one line, no traceback
+        raise SystemExit(f"Error: {error}") from None
     print(f"Converted {FLAGS.source} {FLAGS.input} into {FLAGS.output} ({FLAGS.arch}).")
 
 

@@ -11,9 +11,18 @@ flat {name: NumPy array} in the source's own names and layouts.
   name (TF variable names) is removed.
 - timm (`resnet50_gn_a1h2-8fe6c4d0.pth`): a `torch.save` zip of a state
   dict (`timm/models/_hub.py`), read without torch by `torch_zip`.
+
+`read(source, path)` wraps them: a missing, truncated or corrupt file gets a
+`ValueError` that names it and says what is wrong. Only well-formed numeric
+arrays with all their data are accepted: a pickled array whose data never
+arrives (NumPy would hand out uninitialised memory) or that holds Python
+objects is refused.
 """
 
+import os
 import pickle
+import zipfile
+import zlib
 
 import numpy as np
 
@@ -31,15 +40,43 @@ _NUMPY_PICKLE_NAMES = {
 }
 
 
+class _PickledArray(np.ndarray):
+    """An array being unpickled: NumPy's `_reconstruct` allocates it
+    uninitialised, and only its `__setstate__` fills it with the file's data."""
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.filled = True
+
+
+def _reconstruct(subtype, shape, dtype):
+    if subtype is not np.ndarray:
+        raise pickle.UnpicklingError(f"only plain NumPy arrays are read, not {subtype!r}")
+    return _PickledArray.__new__(_PickledArray, shape, dtype)
+
+
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) not in _NUMPY_PICKLE_NAMES:
             raise pickle.UnpicklingError(
                 f"{module}.{name} is not allowed in a weights file (only NumPy arrays are read)"
             )
+        if name == "_reconstruct":
+            return _reconstruct
         if module.startswith("numpy.core"):  # the name Python 2 / NumPy 1 pickles use
             module = module.replace("numpy.core", "numpy._core")
         return super().find_class(module, name)
+
+
+def _checked_array(name, value):
+    if isinstance(value, _PickledArray):
+        if not getattr(value, "filled", False):
+            raise ValueError(f"array {name!r} has no data in the file")
+        value = value.view(np.ndarray)
+    array = np.asarray(value)
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"array {name!r} holds {array.dtype} values, not numbers")
+    return np.array(array)  # a copy: nothing of the unpickled objects is kept
 
 
 def read_detectron(path):
@@ -47,12 +84,14 @@ def read_detectron(path):
         data = _NumpyOnlyUnpickler(file, encoding="latin1").load()
     blobs = data.get("blobs", data) if isinstance(data, dict) else None
     if not isinstance(blobs, dict):
-        raise ValueError(f"{path} is not a Detectron weights pickle (no 'blobs' dict)")
-    return {k: np.asarray(v) for k, v in blobs.items() if not k.endswith("_momentum")}
+        raise ValueError("not a Detectron weights pickle (no 'blobs' dict)")
+    return {k: _checked_array(k, v) for k, v in blobs.items() if not k.endswith("_momentum")}
 
 
 def read_tensorpack(path):
     with np.load(path, allow_pickle=False) as npz:
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise ValueError("not an npz archive (a single .npy array)")
         return {k[:-2] if k.endswith(":0") else k: npz[k] for k in npz.files}
 
 
@@ -62,8 +101,27 @@ def read_timm(path):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict):
-        raise ValueError(f"{path} does not hold a state dict")
+        raise ValueError("it does not hold a state dict")
     return {k.removeprefix("module."): np.asarray(v) for k, v in state.items()}
 
 
 READERS = {"detectron": read_detectron, "tensorpack": read_tensorpack, "timm": read_timm}
+
+
+def read(source, path):
+    """{name: array} of a `source` weights file.
+
+    Raises:
+        ValueError: naming `path` and what is wrong with it, for a missing,
+            truncated, corrupt or crafted file.
+    """
+    if not os.path.isfile(path):
+        raise ValueError(f"{path} does not exist (or is not a file).")
+    try:
+        return READERS[source](path)
+    except (ValueError, KeyError, EOFError, OSError, TypeError, AttributeError, IndexError,
+            pickle.UnpicklingError, zipfile.BadZipFile, zlib.error) as error:
+        message = str(error)
+        if message.startswith(str(path)):  # torch_zip names the file itself
+            raise ValueError(message) from None
+        raise ValueError(f"{path} is not a readable {source} weights file: {message or type(error).__name__}.") from None

@@ -169,6 +169,9 @@ def test_results_do_not_depend_on_the_number_of_threads(tmp_path):
         ((2, 3, 3, 3, 3, 8), (8,), 2, "x must have rank 3, 4 or 5"),
         ((2, 4, 4, 12), (12,), 5, "12 channels are not divisible by groups=5"),
         ((2, 4, 4, 12), (6,), 3, r"gamma and beta must have shape \[12\]"),
+        ((2, 4, 4, 8), (8,), 2**62, r"groups=4611686018427387904 for 8 channels; groups must be between 1"),
+        ((2, 4, 4, 0), (0,), 2**40, r"groups=1099511627776 for 0 channels"),
+        ((2, 4, 4, 0), (0,), 1, r"x must have at least one channel"),
     ],
 )
 def test_bad_inputs_to_the_op_raise_clear_errors(x_shape, gamma_shape, groups, message):
@@ -185,6 +188,11 @@ def test_bad_inputs_to_the_gradient_op_raise_clear_errors():
         module.keras_gn_group_norm_grad(tf.zeros((2, 4, 4, 4)), x, tf.ones(8), tf.zeros(8), stats, stats, groups=2)
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"mean and rstd must have shape \[2,2\]"):
         module.keras_gn_group_norm_grad(x, x, tf.ones(8), tf.zeros(8), tf.zeros((2, 3)), stats, groups=2)
+    # Arguments that once aborted the process (huge groups, no channels).
+    for x, groups in ((tf.zeros((2, 4, 4, 8)), 2**62), (tf.zeros((2, 4, 4, 0)), 2**40)):
+        channels = x.shape[-1]
+        with pytest.raises(tf.errors.InvalidArgumentError, match=rf"groups={groups} for {channels} channels"):
+            module.keras_gn_group_norm_grad(x, x, tf.ones(channels), tf.zeros(channels), stats, stats, groups=groups)
 
 
 def test_empty_batch():
