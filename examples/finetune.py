@@ -1,26 +1,31 @@
 """Fine-tune a zoo GN model on an image-folder dataset (e.g. CIFAR-10).
 
-    python examples/finetune.py --arch resnet50_gn --weights imagenet \\
-        --data /path/to/cifar10-jpeg.tar.gz --image_size 224
+    .venv/bin/python examples/finetune.py --arch=resnet50_gn --weights=imagenet \\
+        --data=../shared/data/cifar10-jpeg.tar.gz --image_size=224
 
 The recipe of `zoo.finetune`: a new head trained on the frozen backbone, then
 the whole network at a 10x lower learning rate; weight decay on kernels
 only. `--data` is a directory or .tar.gz with `train/<class>/*.jpg` and
-`test/<class>/*.jpg`; without it, random images stand in (a smoke test).
+`test/<class>/*.jpg` (an archive is extracted once into the package's cache,
+as `python -m train` does); without it, random images stand in (a smoke
+test). The weights are fetched first, so a download problem shows before any
+data is read.
 """
 
+import os
 import pathlib
-import tarfile
-import tempfile
 
-import keras
-import numpy as np
-import tensorflow as tf
-from absl import app
-from absl import flags
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # see keras_gn.command_line
 
-import zoo
-from zoo import finetune
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import flags  # noqa: E402
+
+import zoo  # noqa: E402
+from keras_gn import command_line  # noqa: E402
+from train import data  # noqa: E402
+from zoo import finetune  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("arch", "resnet50_gn", "Zoo model to fine-tune.")
@@ -44,10 +49,7 @@ def datasets(preprocess):
         return ds.map(lambda x, y: (preprocess(x), y)), ds.map(lambda x, y: (preprocess(x), y)), 10
     root = pathlib.Path(FLAGS.data)
     if root.is_file():
-        extracted = pathlib.Path(tempfile.mkdtemp())
-        with tarfile.open(root) as tar:
-            tar.extractall(extracted, filter="data")
-        root = next(p.parent for p in extracted.rglob("train") if p.is_dir())
+        root = next(p.parent for p in data.extracted_archive(root).rglob("train") if p.is_dir())
     kwargs = dict(image_size=size, batch_size=FLAGS.batch_size, label_mode="int")
     train = keras.utils.image_dataset_from_directory(root / "train", shuffle=True, seed=0, **kwargs)
     test = keras.utils.image_dataset_from_directory(root / "test", shuffle=False, **kwargs)
@@ -60,10 +62,9 @@ def main(argv):
     weights = None if FLAGS.weights == "none" else FLAGS.weights
     tag = zoo.weights.resolve(FLAGS.arch, weights) if weights else None
     preprocess = (lambda x: zoo.preprocess_input(x, tag.tag)) if tag else (lambda x: x / 255.0)
-    train, test, classes = datasets(preprocess)
-
     backbone = zoo.get_model(FLAGS.arch)(weights=weights, include_top=False, pooling="avg",
                                          input_shape=(FLAGS.image_size, FLAGS.image_size, 3))
+    train, test, classes = datasets(preprocess)
     model = finetune.with_new_head(backbone, classes, dropout=0.2)
     loss = "sparse_categorical_crossentropy"
 
@@ -79,4 +80,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    command_line.run(main, __doc__, __name__)

@@ -87,6 +87,9 @@ def _validate_and_recipe():
         _fail(f"--model={FLAGS.model} is not a zoo model; valid: {zoo.list_models()}.")
     if FLAGS.model_dir is None:
         _fail("--model_dir is required.")
+    if FLAGS.dataset != "folder" and (os.sep in FLAGS.dataset or FLAGS.dataset.endswith((".tar", ".tar.gz", ".tgz"))):
+        _fail(f"--dataset={FLAGS.dataset} is a path, not a TFDS dataset name: for an image folder or tar "
+              f"archive use --dataset=folder --data_dir={FLAGS.dataset}")
     if FLAGS.dataset == "folder" and not FLAGS.fake_data and not FLAGS.data_dir:
         _fail("--dataset=folder needs --data_dir (an image folder or .tar.gz).")
     if FLAGS.data_dir and FLAGS.dataset == "folder" and not os.path.exists(FLAGS.data_dir):
@@ -256,11 +259,13 @@ def main(argv):
     ]
     print(f"{FLAGS.model} ({FLAGS.norm}) on {source.name}: {replicas} replica(s) x "
           f"{recipe.per_replica_batch_size} = {global_batch} images per step, {steps} steps per epoch, "
-          f"{recipe.epochs} epochs, peak learning rate {peak:g}, recipe {recipe.name}.", flush=True)
+          f"{recipe.epochs} epoch{'s' * (recipe.epochs != 1)}, peak learning rate {peak:g}, "
+          f"recipe {recipe.name}.", flush=True)
     start = time.time()
     try:
         model.fit(train_ds, epochs=recipe.epochs, steps_per_epoch=steps, validation_data=test_ds,
-                  validation_steps=eval_steps, callbacks=callbacks, verbose=FLAGS.verbose)
+                  validation_steps=eval_steps, callbacks=callbacks, verbose=FLAGS.verbose,
+                  shuffle=False)  # the pipeline shuffles
     except tf.errors.InvalidArgumentError:
         _name_unreadable_images(source)
         raise
@@ -268,6 +273,9 @@ def main(argv):
     model.save_weights(os.path.join(model_dir, "final.weights.h5"))
 
     history = [log.history[e] for e in sorted(log.history)]
+    resumed_at = model._initial_epoch or 0  # epochs restored from the backup
+    # Earlier runs' epochs (their start-up time is not recorded) plus this run's wall time.
+    earlier_seconds = sum(log.history[e]["epoch_seconds"] for e in log.history if e < resumed_at)
     key_flags = FLAGS.get_key_flags_for_module(sys.modules[__name__])
     errors = [100.0 * (1.0 - h["val_accuracy"]) for h in history if "val_accuracy" in h]
     results = dict(
@@ -280,15 +288,19 @@ def main(argv):
         peak_learning_rate=peak, gn_groups=gn_grouping(model), history=history,
         final_top1_error=errors[-1] if errors else None,
         median_top1_error_last5=recipes.median_of_last(errors, 5),
-        wall_seconds_this_run=wall, wall_seconds_all_runs=sum(h["epoch_seconds"] for h in history),
+        resumed_at_epoch=resumed_at, wall_seconds_this_run=wall, wall_seconds_all_runs=earlier_seconds + wall,
         images_per_second=float(np.median([h["images_per_second"] for h in history])) if history else None,
     )
     with open(os.path.join(model_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=1, default=str)
-    print(f"top-1 error: final {results['final_top1_error']}, median of the last 5 epochs "
-          f"{results['median_top1_error_last5']}; results in {model_dir}/results.json")
+    if errors:
+        print(f"Top-1 test error: {errors[-1]:.2f}% after the last epoch, {results['median_top1_error_last5']:.2f}% "
+              f"the median of the last {min(5, len(errors))}; {len(history)} epochs in "
+              f"{results['wall_seconds_all_runs'] / 60:.1f} min. Results: {model_dir}/results.json")
 
 
 def run():
     """Console-script entry point."""
-    app.run(main)
+    from keras_gn import command_line
+
+    command_line.run(main, __doc__, __name__)

@@ -372,4 +372,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from keras_gn import command_line
+
+    command_line.run(main, __doc__, __name__)

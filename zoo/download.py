@@ -77,7 +77,7 @@ def fetch(url, filename, sha256=None, validate=None):
         except Exception as error:  # get_file raises bare Exceptions for URL errors
             if target.exists() and sha256 is not None:
                 target.unlink()  # a download whose hash did not match
-            raise DownloadError(_instructions(filename, source, sha256, error)) from error
+            raise DownloadError(_instructions(filename, source, sha256, error)) from None
         if validate is None:
             return pathlib.Path(path)
         try:
@@ -86,15 +86,20 @@ def fetch(url, filename, sha256=None, validate=None):
         except Exception as error:
             pathlib.Path(path).unlink(missing_ok=True)
             if attempt:
-                raise DownloadError(_instructions(filename, source, sha256, error)) from error
+                raise DownloadError(_instructions(filename, source, sha256, error)) from None
 
 
 def _instructions(filename, source, sha256, error):
+    """One short message: what was tried, why it failed, what to do."""
+    reason = " ".join(str(error).split()) or type(error).__name__
     checksum = f" (sha256 {sha256})" if sha256 else ""
-    return (
-        f"Could not get the weight file {filename} from {source}: {error}. "
-        f"Download it by hand{checksum} and place it at {cached_path(filename)}, "
-        "or set KERAS_GN_WEIGHTS_MIRROR to a base URL that serves it, or "
-        "KERAS_GN_WEIGHTS_DIR to the directory whose keras_gn_weights/ "
-        "subdirectory holds it."
-    )
+    mirror = os.environ.get("KERAS_GN_WEIGHTS_MIRROR")
+    if mirror:
+        where = f"from the mirror KERAS_GN_WEIGHTS_MIRROR={mirror}"
+        todo = f"check that the mirror serves {filename}, or unset KERAS_GN_WEIGHTS_MIRROR to use the original URL"
+    else:
+        where = f"from {source}"
+        todo = ("on a machine without internet access, set KERAS_GN_WEIGHTS_MIRROR to a base URL that "
+                f"serves {filename}")
+    return (f"Could not get the weight file {filename} {where}: {reason}. To fix: {todo}; or download it by "
+            f"hand{checksum} and place it at {cached_path(filename)}.")

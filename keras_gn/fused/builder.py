@@ -25,6 +25,7 @@ import pathlib
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 
 SOURCE = pathlib.Path(__file__).resolve().parent / "group_norm_op.cc"
@@ -106,6 +107,8 @@ def build(force=False):
     if path.exists() and not force:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
+    print("keras_gn: building the fused GroupNormalization op (once per TensorFlow version, about 20 s)...",
+          file=sys.stderr, flush=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".so.tmp", delete=False) as tmp:
         partial = pathlib.Path(tmp.name)
     try:

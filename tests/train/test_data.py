@@ -247,3 +247,34 @@ def test_real_cifar10():
     assert x.shape == (64, 32, 32, 3) and len(set(y.numpy().tolist())) > 3
     _, y = next(iter(test))  # a shuffled listing: the first test batch has many classes
     assert len(set(y.numpy().tolist())) > 3
+
+
+class KerasGnTinyImages(tfds.core.GeneratorBasedBuilder):
+    """A TFDS dataset made here: 8 training and 4 test images of 3 classes."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(20, 24, 3)), "label": tfds.features.ClassLabel(num_classes=3)}),
+            supervised_keys=("image", "label"))
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples(8, seed=0), "test": self._generate_examples(4, seed=1)}
+
+    def _generate_examples(self, count, seed):
+        rng = np.random.default_rng(seed)
+        for i in range(count):
+            yield i, {"image": rng.integers(0, 256, (20, 24, 3), dtype=np.uint8), "label": i % 3}
+
+
+def test_tfds_prepares_and_reads_a_real_dataset(tmp_path):
+    # download_and_prepare for real (it once failed on a missing dependency
+    # of tensorflow-datasets), then the whole input pipeline.
+    source = data.tfds_dataset("keras_gn_tiny_images", data_dir=str(tmp_path / "tfds"))
+    assert (source.num_classes, source.train_examples, source.test_examples) == (3, 8, 4)
+    assert (tmp_path / "tfds" / "keras_gn_tiny_images" / "1.0.0").is_dir()
+    train, test = data.pipelines(source, recipe.CIFAR, global_batch=4)
+    x, y = next(iter(train))
+    assert x.shape == (4, 32, 32, 3) and x.dtype == tf.float32
+    assert sorted(int(label) for _, labels in test for label in labels) == [0, 0, 1, 2]  # i % 3, i < 4

@@ -1,6 +1,7 @@
 """Tests of the fine-tuning helpers and of the runnable example."""
 
 import os
+import socket
 import pathlib
 import subprocess
 import sys
@@ -60,3 +61,19 @@ def test_example_runs_on_real_cifar10(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Found 50000 files belonging to 10 classes" in result.stdout
     assert "test accuracy:" in result.stdout
+
+
+def test_example_resolves_the_weights_before_touching_the_data(tmp_path):
+    with socket.socket() as s:  # a port nobody listens on: no network
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_GN_WEIGHTS_MIRROR": f"http://127.0.0.1:{port}",
+           "KERAS_GN_WEIGHTS_DIR": str(tmp_path / "weights"), "KERAS_GN_CACHE_DIR": str(tmp_path / "cache")}
+    archive = tmp_path / "data.tar.gz"
+    archive.write_bytes(b"not read")
+    result = subprocess.run(  # from the repository root, as the README writes it
+        [sys.executable, "examples/finetune.py", "--arch=resnet50_gn", "--weights=imagenet", f"--data={archive}",
+         "--image_size=64"], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode != 0
+    assert "Could not get the weight file" in result.stderr and f"127.0.0.1:{port}" in result.stderr
+    assert not (tmp_path / "cache" / "data").exists()

@@ -100,7 +100,7 @@ def test_a_file_whose_hash_does_not_match_is_rejected_and_removed(served_resnet2
     assert not (weights_cache / record["filename"]).exists()
 
 
-def test_no_network_says_which_file_to_place_where(registry_with, weights_cache):
+def test_no_network_says_which_file_to_place_where(registry_with, weights_cache, monkeypatch):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -112,6 +112,18 @@ def test_no_network_says_which_file_to_place_where(registry_with, weights_cache)
     assert "Could not get the weight file r20.weights.h5" in message
     assert f"place it at {weights_cache / 'r20.weights.h5'}" in message
     assert "KERAS_GN_WEIGHTS_MIRROR" in message and "sha256 " + "0" * 64 in message
+    assert f"from http://127.0.0.1:{port}/r20.weights.h5: " in message and len(message.splitlines()) == 1
+    # One error, not a chain of urllib's tracebacks.
+    assert error.value.__cause__ is None and error.value.__suppress_context__
+    # With a mirror set, the message names the mirror and does not suggest setting one.
+    mirror = f"http://127.0.0.1:{port}/mirror"
+    monkeypatch.setenv("KERAS_GN_WEIGHTS_MIRROR", mirror)
+    with pytest.raises(download.DownloadError) as error:
+        zoo.resnet20_gn(weights="offline")
+    message = str(error.value)
+    assert f"from the mirror KERAS_GN_WEIGHTS_MIRROR={mirror}: " in message
+    assert "check that the mirror serves r20.weights.h5, or unset KERAS_GN_WEIGHTS_MIRROR" in message
+    assert "set KERAS_GN_WEIGHTS_MIRROR to a base URL" not in message
 
 
 def test_mirror(served_resnet20, file_server, monkeypatch, tmp_path):

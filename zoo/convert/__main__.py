@@ -6,10 +6,15 @@
 Load the result with `zoo.resnet50_gn(weights="resnet50_gn.weights.h5")`.
 """
 
-from absl import app
-from absl import flags
+import os
 
-from zoo import convert
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # see keras_gn.command_line
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+from keras_gn import command_line  # noqa: E402
+from zoo import convert  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("source", None, list(convert.SOURCES), "Format of the input file.")
@@ -31,4 +36,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    command_line.run(main, __doc__, __name__)
