@@ -71,7 +71,9 @@ flags.DEFINE_integer("steps_per_execution", 20, "Passed to train: 2.5x faster at
 flags.DEFINE_string("results", None, "The results file (JSON lines). Default: docs/<report name>.jsonl, "
                     "batch_size_sweep or group_ablation.")
 flags.DEFINE_string("runs_dir", "runs/sweep", "Where the runs' model directories go.")
-flags.DEFINE_string("output_dir", "docs", "Where `report` writes its files.")
+flags.DEFINE_string("output_dir", "docs", "Where `report` writes its files (named after --results).")
+flags.DEFINE_string("background", None, "report, --sweep=batch_size: the results file of an earlier sweep, "
+                    "drawn faded behind this one in the figure (e.g. the 10-epoch sweep).")
 
 # How the runs' weight decay works (`zoo.optimizers`): recorded with each run,
 # so that a results file never mixes runs of different optimizers. The first
@@ -189,6 +191,11 @@ def run_sweep():
         raise app.UsageError(
             f"{path} holds runs of another sweep than --sweep={FLAGS.sweep} ({', '.join(other)}); "
             f"pass --results=docs/{REPORT_NAMES[FLAGS.sweep]}.jsonl.")
+    other = [r["run_id"] for r in results if (r.get("schedule", "step"), r["epochs"]) != (FLAGS.schedule, FLAGS.epochs)]
+    if other:
+        raise app.UsageError(
+            f"{path} holds runs of another schedule or length than --schedule={FLAGS.schedule} "
+            f"--epochs={FLAGS.epochs} ({', '.join(other)}); pass another --results.")
     done = {r["run_id"] for r in results}
     pending = [c for c in configs() if c.run_id not in done]
     print(f"{len(done)} runs in {path}; {len(pending)} to go.", flush=True)
@@ -248,9 +255,15 @@ def _listed(results, key):
     return ", ".join(str(v) for v in sorted({r[key] for r in results}))
 
 
-def report_batch_size(results, output_dir):
-    """Writes the CSV, markdown tables and figure of the batch-size sweep."""
-    name = REPORT_NAMES["batch_size"]
+def report_name():
+    """The report's file names: those of the results file (default: the sweep's)."""
+    return pathlib.Path(results_path()).stem
+
+
+def report_batch_size(results, output_dir, name=REPORT_NAMES["batch_size"], background=()):
+    """Writes `<name>.csv`, `.md` (tables) and `.png` (figure) of the
+    batch-size sweep; `background`: an earlier sweep's results, drawn faded
+    in the figure."""
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     ordered = sorted(results, key=lambda r: (r["norm"], -r["per_replica_batch_size"], r["seed"]))
@@ -259,14 +272,14 @@ def report_batch_size(results, output_dir):
     # Every size of the paper's figure, so that a sweep in progress shows its gaps.
     sizes = sorted({r["per_replica_batch_size"] for r in results} | set(PAPER["bn"]), reverse=True)
 
-    def runs(norm, size):
-        return [r for r in results if r["norm"] == norm and r["per_replica_batch_size"] == size]
+    def runs(norm, size, records=results):
+        return [r for r in records if r["norm"] == norm and r["per_replica_batch_size"] == size]
 
-    def test_error(norm, size):
-        return _mean_error(runs(norm, size))
+    def test_error(norm, size, records=results):
+        return _mean_error(runs(norm, size, records))
 
-    def train_error(norm, size):
-        return _mean([_final_train_error(r) for r in runs(norm, size)])
+    def train_error(norm, size, records=results):
+        return _mean([_final_train_error(r) for r in runs(norm, size, records)])
 
     def listed(key):
         return _listed(results, key)
@@ -297,10 +310,13 @@ def report_batch_size(results, output_dir):
     figure, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for axis, cell, title in ((axes[0], test_error, "test error, median of the last 5 epochs"),
                               (axes[1], train_error, "training error, last epoch")):
-        for norm, style in (("bn", "o-"), ("gn", "s-")):
-            points = [(s, float(cell(norm, s))) for s in sizes if cell(norm, s)]
-            if points:
-                axis.plot([p[0] for p in points], [p[1] for p in points], style, label=norm.upper())
+        for records, alpha, label in ((background, 0.25, f" ({_listed(background, 'epochs')} epochs)"),
+                                      (results, 1.0, f" ({listed('epochs')} epochs)" if background else "")):
+            for norm, style, color in (("bn", "o-", "tab:blue"), ("gn", "s-", "tab:orange")):
+                points = [(s, float(cell(norm, s, records))) for s in sizes if cell(norm, s, records)]
+                if points:
+                    axis.plot([p[0] for p in points], [p[1] for p in points], style, color=color, alpha=alpha,
+                              label=norm.upper() + label)
         axis.set_xscale("log", base=2)
         axis.set_xticks(sizes, [str(s) for s in sizes])
         axis.invert_xaxis()
@@ -315,10 +331,9 @@ def report_batch_size(results, output_dir):
     plt.close(figure)
 
 
-def report_groups(results, output_dir):
+def report_groups(results, output_dir, name=REPORT_NAMES["groups"]):
     """Writes the CSV and markdown tables of the group-division ablation,
     beside the paper's Table 3."""
-    name = REPORT_NAMES["groups"]
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     ordered = sorted(results, key=lambda r: (r["group_size"] is not None, -(r["groups"] or r["group_size"]),
@@ -353,9 +368,6 @@ def report_groups(results, output_dir):
     (output_dir / f"{name}.md").write_text("\n".join(lines) + "\n")
 
 
-REPORTS = {"batch_size": report_batch_size, "groups": report_groups}
-
-
 def main(argv):
     if len(argv) != 2 or argv[1] not in ("run", "report"):
         raise app.UsageError("usage: python -m train.experiments run|report [flags]")
@@ -366,8 +378,12 @@ def main(argv):
         results = [r for r in read_results(path) if sweep_of(r) == FLAGS.sweep]
         if not results:
             raise app.UsageError(f"{path} has no results of --sweep={FLAGS.sweep} yet; run the sweep first.")
-        REPORTS[FLAGS.sweep](results, FLAGS.output_dir)
-        print(f"wrote {FLAGS.output_dir}/{REPORT_NAMES[FLAGS.sweep]}.csv and .md"
+        if FLAGS.sweep == "batch_size":
+            background = read_results(FLAGS.background) if FLAGS.background else ()
+            report_batch_size(results, FLAGS.output_dir, report_name(), background)
+        else:
+            report_groups(results, FLAGS.output_dir, report_name())
+        print(f"wrote {FLAGS.output_dir}/{report_name()}.csv and .md"
               + (" and .png" if FLAGS.sweep == "batch_size" else ""))
 
 

@@ -275,5 +275,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    from keras_gn import command_line
+
     define_flags()
-    app.run(main)
+    command_line.run(main, __doc__, __name__)

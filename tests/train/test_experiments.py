@@ -123,3 +123,15 @@ def test_group_report_tables_beside_the_papers_table_3(tmp_path):
     assert "| GN (paper, ImageNet) | 24.2 | 24.3 | 24.8 | 25.6 | 28.4 |" in table
     rows = (tmp_path / "group_ablation.csv").read_text().splitlines()
     assert rows[0].startswith("groups,group_size,gn_groups,norm") and len(rows) == 4
+
+
+def test_a_converged_sweep_reports_under_its_own_name_with_the_short_one_behind(tmp_path):
+    pytest.importorskip("matplotlib")
+    short = [record(run_id=f"{n}{b}", norm=n, per_replica_batch_size=b, epochs=10, median_test_error_last5=30.0)
+             for n in ("bn", "gn") for b in (32, 2)]
+    converged = [record(run_id=f"{n}{b}c", norm=n, per_replica_batch_size=b, epochs=30, median_test_error_last5=e)
+                 for n, e in (("bn", 9.0), ("gn", 10.0)) for b in (32, 2)]
+    experiments.report_batch_size(converged, tmp_path, name="sweep_converged", background=short)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "sweep_converged.csv", "sweep_converged.md", "sweep_converged.png"]
+    assert "epochs: 30;" in (tmp_path / "sweep_converged.md").read_text()
