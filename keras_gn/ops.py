@@ -207,6 +207,21 @@ def fused_unsupported_reason(x, axis):
     return None
 
 
+def check_implementation(implementation, name="GroupNormalization"):
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"Layer '{name}': implementation={implementation!r} is not one of "
+            f"{IMPLEMENTATIONS}."
+        )
+
+
+def check_activation(activation, name="GroupNormalization"):
+    if activation not in ACTIVATIONS:
+        raise ValueError(
+            f"Layer '{name}': activation={activation!r} is not one of {ACTIVATIONS}."
+        )
+
+
 def resolve_implementation(implementation, x, axis, name="GroupNormalization"):
     """Returns "fused" or "composite" for computing GN of `x`.
 
@@ -216,11 +231,7 @@ def resolve_implementation(implementation, x, axis, name="GroupNormalization"):
     Raises:
         ValueError: for "fused" where the op cannot run, or an unknown value.
     """
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(
-            f"Layer '{name}': implementation={implementation!r} is not one of "
-            f"{IMPLEMENTATIONS}."
-        )
+    check_implementation(implementation, name)
     if implementation == "composite":
         return "composite"
     reason = fused_unsupported_reason(x, axis)
@@ -328,12 +339,10 @@ def group_norm(
     axis = channel_axis(axis, x.shape.rank, name)
     resolve_groups(x.shape[axis], groups, name=name)
     epsilon = check_epsilon(epsilon, name)
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"Layer '{name}': activation={activation!r} is not one of {ACTIVATIONS}.")
+    check_activation(activation, name)
+    check_implementation(implementation, name)
     if mask is None and resolve_implementation(implementation, x, axis, name) == "fused":
         return _fused_group_norm(x, gamma, beta, groups, axis, epsilon, activation)
-    if implementation not in IMPLEMENTATIONS:
-        resolve_implementation(implementation, x, axis, name)  # raises
     return _activate(_composite_group_norm(x, gamma, beta, groups, axis, epsilon, mask), activation)
 
 

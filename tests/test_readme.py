@@ -63,6 +63,7 @@ def _help_command(command):
     return (str(program), *subcommand, "--help")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("help_command", sorted({c for _, command in all_commands()
                                                  if (c := _help_command(command)) is not None}))
 def test_every_program_and_module_answers_help(help_command):
@@ -71,6 +72,7 @@ def test_every_program_and_module_answers_help(help_command):
     assert "--" in result.stdout  # it lists options
 
 
+@pytest.mark.slow
 def test_the_quickstart_runs(tmp_path):
     result = subprocess.run([sys.executable, "examples/quickstart.py", "--test_images=64", "--steps=2",
                              f"--output_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=600)

@@ -153,16 +153,8 @@ class GroupNormalization(keras.layers.Layer):
                 f"Layer '{self.name}': `axis` must be a single int (the channel "
                 f"axis, e.g. -1 or 1); received axis={axis!r}."
             )
-        if activation not in ops.ACTIVATIONS:
-            raise ValueError(
-                f"Layer '{self.name}': activation={activation!r} is not one of "
-                f"{ops.ACTIVATIONS}."
-            )
-        if implementation not in ops.IMPLEMENTATIONS:
-            raise ValueError(
-                f"Layer '{self.name}': implementation={implementation!r} is not "
-                f"one of {ops.IMPLEMENTATIONS}."
-            )
+        ops.check_activation(activation, name=self.name)
+        ops.check_implementation(implementation, name=self.name)
         self.groups = groups
         self.group_size = group_size
         self.axis = axis

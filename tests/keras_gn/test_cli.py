@@ -40,6 +40,7 @@ def test_unknown_application_is_a_clear_error():
         cli.main(["convert", "--application", "ResNet51"])
 
 
+@pytest.mark.slow
 def test_module_entry_point_and_example_run():
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     help_text = subprocess.run([sys.executable, "-m", "keras_gn", "convert", "--help"],

@@ -282,6 +282,7 @@ APPLICATIONS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(APPLICATIONS))
 def test_keras_applications(name):
     size = APPLICATIONS[name]

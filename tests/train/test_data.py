@@ -236,6 +236,7 @@ def test_tfds_with_mock_data():
         data.tfds_dataset("cifar11")
 
 
+@pytest.mark.slow
 def test_real_cifar10():
     path = os.environ.get("KERAS_GN_CIFAR10")
     if not path or not os.path.exists(path):

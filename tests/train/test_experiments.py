@@ -29,6 +29,7 @@ def sweep(tmp_path, *extra, results="sweep.jsonl"):
         capture_output=True, text=True, env=ENV, timeout=900)
 
 
+@pytest.mark.slow
 def test_sweep_appends_each_run_once_and_continues_where_it_stopped(tmp_path):
     first = sweep(tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -83,6 +84,7 @@ def test_report_writes_csv_table_and_figure(tmp_path):
     assert (tmp_path / "batch_size_sweep.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_group_sweep_trains_each_grouping_and_records_the_one_the_model_used(tmp_path):
     result = sweep(tmp_path, "--sweep=groups", "--group_counts=2", "--group_sizes=4", "--ablation_batch_size=4",
                    results="groups.jsonl")

@@ -19,6 +19,8 @@ from tests.train.test_app import train
 from train import publish as publish_lib
 from zoo import weights as weights_lib
 
+pytestmark = pytest.mark.slow  # every test trains and publishes a run
+
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):

@@ -8,6 +8,7 @@ import keras_gn
 import zoo
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", ["gn", "bn"])
 @pytest.mark.parametrize("name", zoo.list_models())
 def test_every_builder_builds_and_runs_with_both_norms(name, norm):

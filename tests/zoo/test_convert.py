@@ -20,6 +20,8 @@ from zoo import download
 torch = pytest.importorskip("torch", reason="the reference network needs torch (pip install torch)")
 from tests.zoo import torch_reference as ref  # noqa: E402
 
+pytestmark = pytest.mark.slow  # ResNet-50s built and converted against a torch network
+
 SUFFIX = {"timm": ".pth", "detectron": ".pkl", "tensorpack": ".npz"}
 SIZE = 64  # stride 32: a 2x2 final feature map, every padding choice matters
 

@@ -47,6 +47,7 @@ def test_unpooled_backbone_is_rejected():
         finetune.with_new_head(zoo.resnet20_gn(include_top=False), 4)
 
 
+@pytest.mark.slow
 def test_example_runs_on_real_cifar10(tmp_path):
     data = os.environ.get("KERAS_GN_CIFAR10")
     if not data or not os.path.exists(data):
@@ -63,6 +64,7 @@ def test_example_runs_on_real_cifar10(tmp_path):
     assert "test accuracy:" in result.stdout
 
 
+@pytest.mark.slow
 def test_example_resolves_the_weights_before_touching_the_data(tmp_path):
     with socket.socket() as s:  # a port nobody listens on: no network
         s.bind(("127.0.0.1", 0))

@@ -129,6 +129,7 @@ def test_large_offset_and_float16_near_max():
                                reference.group_norm(x16.numpy(), groups=4), **TOLERANCES[tf.float16])
 
 
+@pytest.mark.slow
 def test_results_do_not_depend_on_the_number_of_threads(tmp_path):
     script = textwrap.dedent(
         """
