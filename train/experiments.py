@@ -323,7 +323,8 @@ def report_batch_size(results, output_dir, name=REPORT_NAMES["batch_size"], back
         axis.set_xlabel("images per replica (8 replicas)")
         axis.set_ylabel("error (%)")
         axis.set_title(title, fontsize="medium")
-        axis.legend()
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize="small")
         axis.grid(alpha=0.3)
     figure.suptitle(f"ResNet-20 on CIFAR-10, {listed('epochs')} epochs: BN vs GN")
     figure.tight_layout()
