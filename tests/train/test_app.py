@@ -5,6 +5,7 @@ resumed. Each run is a separate process, as a user would start it."""
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -38,9 +39,15 @@ def test_a_few_steps_on_real_cifar10(tmp_path):
     path = os.environ.get("KERAS_GN_CIFAR10")
     if not path or not os.path.exists(path):
         pytest.skip("set KERAS_GN_CIFAR10 to cifar10-jpeg.tar.gz")
-    train("--model=resnet20_gn", "--dataset=folder", f"--data_dir={path}", "--per_replica_batch_size=32",
-          "--steps_per_epoch=4", "--epochs=2", f"--model_dir={tmp_path}", "--verbose=2")
+    run = train("--model=resnet20_gn", "--dataset=folder", f"--data_dir={path}", "--per_replica_batch_size=32",
+                "--steps_per_epoch=4", "--epochs=2", f"--model_dir={tmp_path}", "--verbose=2")
+    # What a person reads: rounded errors, totals that add up, no warning about
+    # a shuffle argument nobody passed.
+    assert re.search(r"Top-1 test error: \d+\.\d\d% after the last epoch, \d+\.\d\d% the median of the last 2; "
+                     r"2 epochs in \d+\.\d min", run.stdout), run.stdout[-500:]
+    assert "shuffle=True" not in run.stderr
     r = results(tmp_path)
+    assert r["wall_seconds_all_runs"] >= r["wall_seconds_this_run"] > 0
     assert r["num_classes"] == 10 and r["dataset"].startswith("folder:")
     assert (r["epochs_completed"], r["total_steps"], r["global_batch_size"]) == (2, 8, 32)
     assert r["recipe"]["name"] == "cifar" and len(r["history"]) == 2
@@ -218,6 +225,7 @@ def test_killed_run_resumes_without_duplicated_or_lost_epochs(tmp_path):
     done = json.loads(history.read_text())
     assert list(done) == ["0"], f"killed after epochs {list(done)}: make the epochs longer"
     resumed = train(*args)
+    assert "3 epochs in" in resumed.stdout
     backups = sorted(p.name for p in (tmp_path / "backup").iterdir())
     assert backups == ["epoch-2", "epoch-3"], backups  # the newest two, nothing partial
     assert "Resuming from the backup after epoch 1 of 3" in resumed.stdout
@@ -271,6 +279,8 @@ def test_a_damaged_backup_falls_back_to_the_one_before(tmp_path):
     (["--per_replica_batch_size=0"], "flag --per_replica_batch_size=0"),
     (["--weight_decay=-1"], "flag --weight_decay=-1: -1.0 is not a non-negative number"),
     (["--verbose=3"], "flag --verbose=3"),
+    (["--dataset=../data/cifar10-jpeg.tar.gz"], "--dataset=../data/cifar10-jpeg.tar.gz is a path, not a TFDS dataset "
+     "name: for an image folder or tar archive use --dataset=folder --data_dir=../data/cifar10-jpeg.tar.gz"),
 ])
 def test_bad_flags_fail_at_start_with_what_is_valid(tmp_path, args, message):
     result = train(f"--model_dir={tmp_path}", *args, check=False, timeout=300)
@@ -285,6 +295,7 @@ def test_mixed_precision_and_fine_tuning_from_zoo_weights(tmp_path):
     run = train(*SMOKE, "--mixed_precision=mixed_bfloat16", f"--init={tmp_path / 'pretrained.weights.h5'}",
                 "--per_replica_batch_size=8", "--steps_per_epoch=2", "--epochs=1", f"--model_dir={tmp_path / 'run'}")
     assert "backbone weights loaded, a new 10-class head, no weight decay on gamma/beta" in run.stdout
+    assert ", 1 epoch, peak learning rate" in run.stdout
     r = results(tmp_path / "run")
     assert r["flags"]["mixed_precision"] == "mixed_bfloat16" and r["epochs_completed"] == 1
     assert np.isfinite(r["history"][0]["loss"])

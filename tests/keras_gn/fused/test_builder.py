@@ -23,10 +23,12 @@ def test_library_name_is_keyed_by_tf_version_and_source(tmp_path, monkeypatch):
     assert builder.library_path(builder.compiler()) != path
 
 
-def test_build_is_cached(monkeypatch, tmp_path):
+def test_build_is_cached(monkeypatch, tmp_path, capsys):
     path = builder.build()  # built already by the op tests, or now
     mtime = path.stat().st_mtime_ns
+    capsys.readouterr()
     assert builder.build() == path
+    assert capsys.readouterr().err == ""  # nothing to announce
     assert path.stat().st_mtime_ns == mtime
 
 
@@ -41,7 +43,7 @@ def test_missing_compiler_is_a_build_error(monkeypatch):
         builder.build()
 
 
-def test_failed_compilation_is_a_build_error_with_the_compiler_output(monkeypatch, tmp_path):
+def test_failed_compilation_is_a_build_error_with_the_compiler_output(monkeypatch, tmp_path, capsys):
     broken = tmp_path / "group_norm_op.cc"
     broken.write_text("this is not C++;\n")
     monkeypatch.setattr(builder, "SOURCE", broken)
@@ -49,6 +51,8 @@ def test_failed_compilation_is_a_build_error_with_the_compiler_output(monkeypatc
     with pytest.raises(builder.BuildError, match="compiling group_norm_op.cc failed") as error:
         builder.build()
     assert "error" in str(error.value)
+    # A compilation is announced, once, before the wait.
+    assert capsys.readouterr().err.count("keras_gn: building the fused GroupNormalization op (once") == 1
     assert not list((tmp_path / "cache" / "ops").glob("*"))  # no partial library left
 
 
