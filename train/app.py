@@ -295,7 +295,7 @@ def main(argv):
         json.dump(results, f, indent=1, default=str)
     if errors:
         print(f"Top-1 test error: {errors[-1]:.2f}% after the last epoch, {results['median_top1_error_last5']:.2f}% "
-              f"the median of the last {min(5, len(errors))}; {len(history)} epochs in "
+              f"the median of the last {min(5, len(errors))}; {len(history)} epoch{'s' * (len(history) != 1)} in "
               f"{results['wall_seconds_all_runs'] / 60:.1f} min. Results: {model_dir}/results.json")
 
 
