@@ -10,14 +10,15 @@ Numerical guarantees of the composite recipe:
 - Statistics are computed in float32 for float16, bfloat16 and float32 inputs
   (float64 for float64 inputs). Half-precision inputs are cast up before any
   arithmetic, so values near the float16 maximum (65504) cannot overflow.
-- Corrected two-pass statistics: the mean `m1`, then the data minus it
-  (exact for data near it), whose mean `m2` corrects the rounding of `m1`,
-  and the mean of squared deviations from `m2`. No one-pass `E[x^2] -
+- Shifted two-pass statistics, as in the fused op: the data minus one of
+  its own values per group (exact for data near it), then the mean of that
+  and the mean of squared deviations from it. No one-pass `E[x^2] -
   E[x]^2`: inputs with a large offset (1e6 + N(0, 1)) keep their variance to
   1e-4 relative and their output to 1e-4 absolute. The variance is a mean
   of squares, hence never negative.
-- The output is `(x - m1) * scale + (beta - m2 * scale)` with `scale =
-  gamma / sqrt(var + epsilon)`, returned in the statistics dtype; callers
+- The output is `(x - shift) * scale + (beta - mean * scale)` with `scale =
+  gamma / sqrt(var + epsilon)`, `mean` that of `x - shift`: no pass more
+  than the plain recipe's. It is returned in the statistics dtype; callers
   cast it to their compute dtype.
 - A sample's output is bit-identical whatever else is in its batch: every
   sum is a chain of single-axis reductions, whose order TensorFlow does not
@@ -416,14 +417,28 @@ def mask_positions(mask, shape, axis):
     return _reshape(mask, [shape[0], _prod(shape[1:axis]), 1, 1, _prod(shape[axis + 1 :])])
 
 
+def _first_kept_values(view, weights):
+    """[N, 1, G, 1, 1]: each group's first channel at the sample's first kept
+    position (its first position, without a mask)."""
+    if weights is None:
+        return view[:, :1, :, :1, :1]
+    kept = tf.reshape(weights, [tf.shape(weights)[0], -1])
+    first = tf.argmax(kept, axis=1, output_type=tf.int32)  # 0 where all are masked
+    b = tf.shape(view)[4]
+    at_a = tf.gather(view, first // b, axis=1, batch_dims=1)  # [N, G, C/G, B]
+    at_b = tf.gather(at_a, first % b, axis=3, batch_dims=1)  # [N, G, C/G]
+    return at_b[:, None, :, :1, None]
+
+
 def _composite_group_norm(x, gamma, beta, groups, axis, epsilon, mask=None):
     """GN with plain TensorFlow ops; see the module docstring's guarantees.
 
     The input is viewed as [N, A, G, C/G, B] (A: the axes before the
-    channels, B: those after). Corrected two-pass statistics: the data minus
-    a first mean `m1` (exact for data near it), whose own mean `m2` corrects
-    the rounding of `m1` (a float32 mean of 1e6 + N(0, 1) is off by up to
-    0.03); the output is `(x - m1) * scale + (beta - m2 * scale)`. `m1` cancels
+    channels, B: those after), and shifted by one of its own values per
+    group (its first channel at the first kept position), as the fused op
+    does: `d = x - shift` is exact for data near the shift, so the float32
+    mean `m` and variance of `d` are accurate for data with a large common
+    offset. The output is `d * scale + (beta - m * scale)`. The shift cancels
     in the result, and no gradient flows through it. With a `mask`, the
     statistics cover the kept positions only.
     """
@@ -445,9 +460,9 @@ def _composite_group_norm(x, gamma, beta, groups, axis, epsilon, mask=None):
     def group_mean(v):
         return _group_sums(v if weights is None else v * weights) / count
 
-    centered = view - tf.stop_gradient(group_mean(view))
-    correction = group_mean(centered)
-    variance = group_mean(tf.math.squared_difference(centered, correction))
+    shifted = view - tf.stop_gradient(_first_kept_values(view, weights))
+    mean = group_mean(shifted)
+    variance = group_mean(tf.math.squared_difference(shifted, mean))
     # 1 / sqrt, both correctly rounded, not rsqrt: TensorFlow's vectorized
     # rsqrt is approximate, and whether a sample's value goes through it or
     # through the exact scalar path depends on the batch size.
@@ -455,7 +470,7 @@ def _composite_group_norm(x, gamma, beta, groups, axis, epsilon, mask=None):
     param_shape = [1, 1, groups, group_size, 1]
     if gamma is not None:
         scale = scale * tf.reshape(tf.cast(gamma, dtype), param_shape)
-    offset = -correction * scale
+    offset = -mean * scale
     if beta is not None:
         offset = offset + tf.reshape(tf.cast(beta, dtype), param_shape)
-    return _reshape(centered * scale + offset, shape)
+    return _reshape(shifted * scale + offset, shape)
