@@ -65,16 +65,20 @@ def choose_groups(channels, groups=32, group_size=None, min_group_size=2):
 
 @dataclasses.dataclass(frozen=True)
 class ConvertedLayer:
-    """One BatchNormalization layer that became a GroupNormalization."""
+    """One BatchNormalization layer that became a GroupNormalization.
+
+    `channels` and `groups` are None for a BatchNormalization that custom
+    code creates but never calls: its GroupNormalization stays unbuilt too.
+    """
 
     path: str
-    channels: int
-    groups: int
+    channels: int | None
+    groups: int | None
     gamma_beta: str
 
     @property
     def group_size(self):
-        return self.channels // self.groups
+        return None if self.channels is None else self.channels // self.groups
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,13 +89,15 @@ class ConversionReport:
     groups: int
     group_size: int
     min_group_size: int
+    shared_layers: tuple = ()
 
     @property
     def adjusted(self):
         """Layers whose group count differs from the requested one."""
+        built = [l for l in self.layers if l.channels is not None]
         if self.group_size is not None:
-            return tuple(l for l in self.layers if l.group_size != self.group_size)
-        return tuple(l for l in self.layers if l.groups != self.groups)
+            return tuple(l for l in built if l.group_size != self.group_size)
+        return tuple(l for l in built if l.groups != self.groups)
 
     def __str__(self):
         request = (
@@ -108,12 +114,19 @@ class ConversionReport:
         ]
         for l in self.layers:
             mark = " *" if l in self.adjusted else ""
+            channels, groups, size = (
+                "-" if v is None else v for v in (l.channels, l.groups, l.group_size))
             lines.append(
-                f"{l.path:<{width}}  {l.channels:>8}  {l.groups:>6}  "
-                f"{l.group_size:>10}  {l.gamma_beta}{mark}"
+                f"{l.path:<{width}}  {channels:>8}  {groups:>6}  "
+                f"{size:>10}  {l.gamma_beta}{mark}"
             )
         if self.adjusted:
             lines.append("* group count adjusted to the channel count")
+        if self.shared_layers:
+            lines.append(
+                f"{len(self.shared_layers)} layer(s) could be neither copied nor rebuilt "
+                "from their config and are shared with the original model (training "
+                f"one changes the other): {', '.join(self.shared_layers)}")
         return "\n".join(lines)
 
 
@@ -185,14 +198,34 @@ def convert_bn_to_gn(
 ):
     """Returns a copy of `model` with every BatchNormalization turned into GN.
 
-    The graph is otherwise unchanged: every other layer is cloned with its
-    weights copied exactly, shared layers stay shared, nested Functional and
-    Sequential models are converted recursively, and each new
-    `GroupNormalization` keeps the name, axis, center/scale flags,
-    regularizers, constraints, dtype policy and trainability of the layer it
-    replaces. BatchNormalization moving statistics are dropped (GN has none).
-    A Functional subclass (e.g. a keras-cv backbone) comes back as a plain
-    `keras.Model` with the same graph, without its subclass's own methods.
+    The graph is otherwise unchanged: every other layer is copied with its
+    weights (as an object, not through its config, so layers that cannot
+    rebuild themselves from their own config are carried over too), shared
+    layers stay shared, nested Functional and Sequential models are converted
+    recursively, and each new `GroupNormalization` keeps the name, axis,
+    center/scale flags, regularizers, constraints, dtype policy and
+    trainability of the layer it replaces. BatchNormalization moving
+    statistics are dropped (GN has none). A Functional subclass (e.g. a
+    keras-cv or keras-hub backbone) comes back as a plain `keras.Model` with
+    the same graph, without its subclass's own methods. `model` itself is not
+    changed.
+
+    BatchNormalization inside custom (subclassed) layers is converted too:
+    in the copy of such a layer, each one its code holds (an attribute, or in
+    a list, tuple or dict attribute) is swapped for a GN built for the same
+    input shape; the report lists it with its path, e.g.
+    "spatial_pyramid_pooling/batch_normalization". The class of such a layer
+    would rebuild BatchNormalization from its config, so the converted model
+    cannot be saved as an architecture (`.keras`); saving it raises an error
+    saying so. Save the weights instead, and load them into the original
+    model converted the same way:
+
+    ```python
+    gn_model.save_weights("gn.weights.h5")
+    # later, or elsewhere:
+    gn_model = keras_gn.convert_bn_to_gn(build_original_model())
+    gn_model.load_weights("gn.weights.h5")
+    ```
 
     Channel counts that `groups` does not divide get their own group count by
     the rule of `keras_gn.convert.choose_groups`; the report lists them.
@@ -220,8 +253,9 @@ def convert_bn_to_gn(
         The new model, or `(model, ConversionReport)` with `return_report`.
 
     Raises:
-        ValueError: for an unknown `init`, a subclassed model, or a
-            BatchNormalization hidden inside a custom layer.
+        ValueError: for an unknown `init`, a subclassed model (whose graph is
+            Python code), or a BatchNormalization inside a custom layer that
+            can be neither deep-copied nor rebuilt from its config.
 
     Example:
 
@@ -240,18 +274,23 @@ def convert_bn_to_gn(
     records = {}
 
     def make_replacement(bn):
-        channels = int(bn.moving_mean.shape[0])
-        num_groups = choose_groups(channels, groups, group_size, min_group_size)
         gamma_initializer = bn.gamma_initializer
-        if init == "copy":
+        if not bn.built:  # never called (dead code in a custom layer): no channels to fit
+            channels = num_groups = None
+            gamma_beta = "unbuilt (never called)"
+        elif init == "copy":
             gamma_beta = "copied"
         elif id(bn) in zero_gamma:
             gamma_initializer, gamma_beta = "zeros", "reset, gamma=0"
         else:
             gamma_initializer, gamma_beta = "ones", "reset"
+        if bn.built:
+            channels = int(bn.moving_mean.shape[0])
+            num_groups = choose_groups(channels, groups, group_size, min_group_size)
         records[id(bn)] = (channels, num_groups, gamma_beta)
         return GroupNormalization(
-            groups=num_groups,
+            groups=num_groups if bn.built else groups,
+            group_size=None if bn.built else group_size,
             axis=bn.axis,
             epsilon=bn.epsilon if epsilon is None else epsilon,
             center=bn.center,
@@ -268,14 +307,14 @@ def convert_bn_to_gn(
         )
 
     def load_replacement(bn, gn):
-        if init != "copy":
+        if init != "copy" or not bn.built:
             return
         if bn.scale:
             gn.gamma.assign(bn.gamma)
         if bn.center:
             gn.beta.assign(bn.beta)
 
-    new_model, replaced = rewrite_layers(
+    new_model, replaced, shared = rewrite_layers(
         model, is_batch_norm, make_replacement, load_replacement, "convert_bn_to_gn"
     )
     if not return_report:
@@ -285,5 +324,6 @@ def convert_bn_to_gn(
         groups=groups,
         group_size=group_size,
         min_group_size=min_group_size,
+        shared_layers=tuple(shared),
     )
     return new_model, report

@@ -52,7 +52,7 @@ def freeze_bn(model, trainable=False):
         affine.scale.assign(scale)
         affine.offset.assign(offset)
 
-    new_model, _ = rewrite_layers(
+    new_model, _, _ = rewrite_layers(
         model, is_batch_norm, make_replacement, load_replacement, "freeze_bn"
     )
     return new_model

@@ -209,33 +209,240 @@ def test_bad_arguments(kwargs, message):
 class SubclassedNet(keras.Model):
     def __init__(self):
         super().__init__()
+        self.conv = keras.layers.Conv2D(8, 1)
         self.bn = keras.layers.BatchNormalization()
 
-    def call(self, x):
-        return self.bn(x)
+    def call(self, x, training=None):
+        return self.bn(self.conv(x), training=training)
 
 
-class BlockWithHiddenBN(keras.layers.Layer):
+class Pyramid(keras.layers.Layer):
+    """BatchNormalization held every way custom code holds layers: an
+    attribute, a list, a dict, a tuple, inside a nested custom layer and
+    inside a nested Functional model, called with `training=`."""
+
+    def __init__(self, channels=8, **kwargs):
+        super().__init__(**kwargs)
+        self.channels = channels
+        self.conv = keras.layers.Conv2D(channels, 1, name="conv")
+        self.bn = keras.layers.BatchNormalization(name="bn")
+        self.branches = [keras.layers.BatchNormalization(name=f"branch_{i}") for i in range(2)]
+        self.by_name = {"pool": keras.layers.BatchNormalization(name="pool_bn")}
+        self.pair = (keras.layers.Dense(channels, name="proj"), keras.layers.BatchNormalization(name="proj_bn"))
+        self.inner = Inner(channels, name="inner")
+        inputs = keras.Input((None, None, channels))
+        self.head = keras.Model(inputs, keras.layers.BatchNormalization(name="head_bn")(inputs), name="head")
+
+    def call(self, x, training=None):
+        x = keras.ops.relu(self.bn(self.conv(x), training=training))
+        outputs = [branch(x, training=training) for branch in self.branches]
+        outputs.append(self.by_name["pool"](x, training=training))
+        outputs.append(self.pair[1](self.pair[0](x), training=training))
+        outputs.append(self.head(self.inner(x, training=training)))
+        return keras.ops.concatenate(outputs, axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels}
+
+
+class Inner(keras.layers.Layer):
+    def __init__(self, channels, **kwargs):
+        super().__init__(**kwargs)
+        self.channels = channels
+        self.norm = keras.layers.BatchNormalization(name="norm")
+
+    def call(self, x, training=None):
+        return self.norm(x, training=training)
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels}
+
+
+PYRAMID_BN_PATHS = ["pyramid/bn", "pyramid/branch_0", "pyramid/branch_1", "pyramid/pool_bn",
+                    "pyramid/proj_bn", "pyramid/inner/norm", "pyramid/head/head_bn"]
+
+
+def pyramid_model():
+    inputs = keras.Input((6, 6, 3))
+    model = keras.Model(inputs, Pyramid(name="pyramid")(inputs))
+    randomize_bn(model)
+    return model
+
+
+def every_layer(model):
+    """Every layer reachable through Keras' tracking, custom layers' insides included."""
+    return list(model._flatten_layers(include_self=False))
+
+
+def test_bn_inside_custom_layers_is_converted_with_its_path():
+    model = pyramid_model()
+    x = np.random.default_rng(0).normal(size=(2, 6, 6, 3)).astype("float32")
+    before = model(x, training=False)
+    converted, report = keras_gn.convert_bn_to_gn(model, groups=4, return_report=True)
+
+    assert sorted(l.path for l in report.layers) == sorted(PYRAMID_BN_PATHS)
+    assert not any(isinstance(l, keras.layers.BatchNormalization) for l in every_layer(converted))
+    assert sum(isinstance(l, keras_gn.GroupNormalization) for l in every_layer(converted)) == 7
+    # The copy's call() uses the GN layers: its output is the reference GN of
+    # each BN's input with the BN's gamma and beta.
+    pyramid, original = converted.get_layer("pyramid"), model.get_layer("pyramid")
+    assert pyramid is not original and pyramid.conv is not original.conv
+    hidden = np.maximum(reference.group_norm(original.conv(x), original.bn.gamma.numpy(),
+                                             original.bn.beta.numpy(), groups=4), 0)
+    first_branch = reference.group_norm(hidden, original.branches[0].gamma.numpy(),
+                                        original.branches[0].beta.numpy(), groups=4)
+    np.testing.assert_allclose(converted(x)[..., :8], first_branch, rtol=1e-4, atol=1e-4)
+    # Weights: no moving statistics left, GN's gamma and beta copied.
+    assert len(pyramid.weights) == 2 + 7 * 2 + 2  # Conv2D, 7 GN, Dense
+    assert "pyramid/inner/norm/gamma" in [v.path for v in pyramid.weights]
+    np.testing.assert_array_equal(pyramid.inner.norm.gamma, original.inner.norm.gamma)
+    # The original is untouched.
+    assert isinstance(original.bn, keras.layers.BatchNormalization)
+    assert all(isinstance(b, keras.layers.BatchNormalization) for b in original.branches)
+    np.testing.assert_array_equal(model(x, training=False), before)
+
+
+def test_converted_custom_layer_trains_and_saves_through_its_weights(tmp_path):
+    model = pyramid_model()
+    converted = keras_gn.convert_bn_to_gn(model, groups=4)
+    converted.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(4, 6, 6, 3)).astype("float32"), rng.normal(size=(4, 6, 6, 40)).astype("float32")
+    gamma = converted.get_layer("pyramid").inner.norm.gamma.numpy()
+    loss = converted.fit(x, y, epochs=1, batch_size=4, verbose=0).history["loss"][0]
+    assert np.isfinite(loss)
+    assert not np.array_equal(converted.get_layer("pyramid").inner.norm.gamma.numpy(), gamma)
+
+    # Its class would rebuild BatchNormalization: saving the architecture says so.
+    with pytest.raises(ValueError, match=r"Layer 'pyramid' \(Pyramid\) had layers replaced inside its own "
+                                         r"code by convert_bn_to_gn.*Save its weights"):
+        converted.save(tmp_path / "model.keras")
+    # The recipe: save the weights; build the original, convert it the same way, load them.
+    converted.save_weights(tmp_path / "gn.weights.h5")
+    rebuilt = keras_gn.convert_bn_to_gn(pyramid_model(), groups=4)
+    rebuilt.load_weights(tmp_path / "gn.weights.h5")
+    np.testing.assert_allclose(rebuilt(x), converted(x), rtol=1e-6, atol=1e-6)
+
+
+def test_subclassed_model_is_converted_in_a_copy():
+    model = SubclassedNet()
+    x = np.random.default_rng(0).normal(size=(2, 4, 4, 3)).astype("float32")
+    before = model(x)
+    converted, report = keras_gn.convert_bn_to_gn(model, groups=4, return_report=True)
+    assert type(converted) is SubclassedNet and converted is not model
+    assert [l.path for l in report.layers] == ["batch_normalization"] or len(report.layers) == 1
+    assert isinstance(converted.bn, keras_gn.GroupNormalization)
+    assert isinstance(model.bn, keras.layers.BatchNormalization)
+    expected = reference.group_norm(model.conv(x), model.bn.gamma.numpy(), model.bn.beta.numpy(), groups=4)
+    np.testing.assert_allclose(converted(x, training=True), expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(model(x), before)
+
+
+class WithUnusedBN(keras.layers.Layer):
+    """As keras-cv's FusedMBConvBlock: a BatchNormalization created, never called."""
+
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.bn = keras.layers.BatchNormalization()
+        self.dense = keras.layers.Dense(8)
+        self.bn = keras.layers.BatchNormalization(name="used")
+        self.unused = keras.layers.BatchNormalization(name="unused")
+
+    def build(self, input_shape):
+        self.dense.build(input_shape)
+        self.bn.build((*input_shape[:-1], 8))
 
     def call(self, x):
-        return self.bn(x)
+        return self.bn(self.dense(x))
 
 
-def test_subclassed_model_is_rejected_with_its_class_name():
-    model = SubclassedNet()
-    model(np.ones((1, 4, 4, 8)))
-    with pytest.raises(ValueError, match="subclassed model of class SubclassedNet"):
+def test_a_bn_that_custom_code_never_calls_becomes_an_unbuilt_gn():
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, WithUnusedBN(name="block")(inputs))
+    converted, report = keras_gn.convert_bn_to_gn(model, groups=4, return_report=True)
+    block = converted.get_layer("block")
+    assert isinstance(block.unused, keras_gn.GroupNormalization) and not block.unused.built
+    assert [(l.path, l.channels, l.groups) for l in report.layers] == [("block/used", 8, 4), ("block/unused", None, None)]
+    assert report.adjusted == ()
+    assert any(line.startswith("block/unused") and "unbuilt (never called)" in line for line in str(report).splitlines())
+    assert converted(np.ones((2, 4), "float32")).shape == (2, 8)
+
+
+class Uncopyable(keras.layers.Layer):
+    """A layer that refuses both deepcopy and a rebuild from its config."""
+
+    def __init__(self, with_bn=False, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(8)
+        self.bn = keras.layers.BatchNormalization() if with_bn else None
+
+    def call(self, x):
+        x = self.dense(x)
+        return self.bn(x) if self.bn is not None else x
+
+    def __deepcopy__(self, memo):
+        raise TypeError("cannot deepcopy a file handle")
+
+    @classmethod
+    def from_config(cls, config):
+        raise TypeError("missing argument 'vocabulary'")
+
+
+class NoRebuild(keras.layers.Layer):
+    """A layer whose class cannot rebuild itself from its own config (as
+    keras-cv's HierarchicalTransformerEncoder)."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(units)
+
+    def call(self, x):
+        return self.dense(x)
+
+    @classmethod
+    def from_config(cls, config):
+        raise TypeError("missing argument 'units'")
+
+
+def test_layers_that_cannot_rebuild_from_config_are_copied():
+    inputs = keras.Input((4,))
+    x = NoRebuild(8, name="no_rebuild")(inputs)
+    model = keras.Model(inputs, keras.layers.BatchNormalization(name="bn")(x))
+    converted, report = keras_gn.convert_bn_to_gn(model, groups=4, return_report=True)
+    copy, original = converted.get_layer("no_rebuild"), model.get_layer("no_rebuild")
+    np.testing.assert_array_equal(copy.dense.kernel, original.dense.kernel)
+    kernel = original.dense.kernel.numpy()
+    copy.dense.kernel.assign(kernel + 1)  # independent weights
+    np.testing.assert_array_equal(original.dense.kernel, kernel)
+    assert report.shared_layers == ()
+
+
+def test_a_layer_that_can_be_neither_copied_nor_rebuilt_is_shared_and_reported():
+    inputs = keras.Input((4,))
+    x = Uncopyable(name="uncopyable")(inputs)
+    model = keras.Model(inputs, keras.layers.BatchNormalization(name="bn")(x))
+    converted, report = keras_gn.convert_bn_to_gn(model, groups=4, return_report=True)
+    assert converted.get_layer("uncopyable") is model.get_layer("uncopyable")
+    assert report.shared_layers == ("uncopyable",)
+    assert "1 layer(s) could be neither copied nor rebuilt" in str(report)
+
+
+def test_bn_inside_a_layer_that_can_be_neither_copied_nor_rebuilt_is_refused():
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, Uncopyable(with_bn=True, name="custom")(inputs))
+    with pytest.raises(ValueError, match="layer 'custom' of class Uncopyable: it contains 1 BatchNormalization"
+                                         ".*neither copied"):
         keras_gn.convert_bn_to_gn(model)
 
 
-def test_bn_hidden_in_a_custom_layer_is_rejected_not_left_behind():
-    inputs = keras.Input((4, 4, 8))
-    model = keras.Model(inputs, BlockWithHiddenBN(name="custom")(inputs))
-    with pytest.raises(ValueError, match="layer 'custom' of class BlockWithHiddenBN: it contains 1 BatchNormalization"):
-        keras_gn.convert_bn_to_gn(model)
+def test_conversion_inside_a_distribution_strategy_scope_makes_distributed_variables():
+    import tensorflow as tf
+
+    model = pyramid_model()
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with strategy.scope():
+        converted = keras_gn.convert_bn_to_gn(model, groups=4)
+    variables = converted.get_layer("pyramid").weights
+    assert all(isinstance(v.value, tf.distribute.DistributedValues) for v in variables)
 
 
 def test_unbuilt_sequential_is_rejected():
@@ -374,12 +581,3 @@ def test_keras_cv_backbones():
         assert connectivity(converted) == connectivity(backbone)
         x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
         assert converted(x).shape == backbone(x).shape
-
-
-def test_keras_cv_block_with_hidden_bn_is_reported():
-    keras_cv = pytest.importorskip("keras_cv")
-    backbone = keras_cv.models.CSPDarkNetBackbone(
-        stackwise_channels=[32, 64], stackwise_depth=[1, 1], input_shape=(32, 32, 3),
-        include_rescaling=True)
-    with pytest.raises(ValueError, match="of class CrossStagePartial: it contains 5 BatchNormalization"):
-        keras_gn.convert_bn_to_gn(backbone)

@@ -5,6 +5,7 @@ import pytest
 import keras
 
 import keras_gn
+from keras_gn.layers.channel_affine import ChannelAffine
 from tests.keras_gn.test_convert import all_layers, count, randomize_bn
 
 
@@ -40,15 +41,26 @@ def test_affine_is_frozen_unless_asked_and_other_weights_are_copied():
     np.testing.assert_array_equal(frozen.get_layer("conv").kernel, model.get_layer("conv").kernel)
 
 
-def test_subclassed_model_is_rejected():
+def test_subclassed_model_and_custom_layers_are_frozen_in_a_copy():
     class Net(keras.Model):
-        def call(self, x):
-            return x
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.dense = keras.layers.Dense(4)
+            self.norms = [keras.layers.BatchNormalization()]
+
+        def call(self, x, training=None):
+            return self.norms[0](self.dense(x), training=training)
 
     model = Net()
-    model(np.ones((1, 2)))
-    with pytest.raises(ValueError, match="freeze_bn rewrites Functional and Sequential models.*class Net"):
-        keras_gn.freeze_bn(model)
+    x = np.random.default_rng(0).normal(size=(3, 2)).astype("float32")
+    model(x)
+    bn = model.norms[0]
+    bn.moving_mean.assign([0.5, -1.0, 2.0, 0.0])
+    bn.moving_variance.assign([4.0, 0.25, 1.0, 9.0])
+    frozen = keras_gn.freeze_bn(model)
+    assert isinstance(frozen.norms[0], ChannelAffine) and isinstance(model.norms[0], keras.layers.BatchNormalization)
+    # The frozen copy computes the BN's inference output, in training mode too.
+    np.testing.assert_allclose(frozen(x, training=True), model(x, training=False), rtol=1e-5, atol=1e-6)
 
 
 def test_masks_still_flow_through_frozen_bn():
