@@ -29,22 +29,30 @@ def model_inputs(input_tensor, input_shape, default_shape, preprocessing=None):
     return inputs, (preprocessing(x) if preprocessing is not None else x)
 
 
-def padded_conv(x, filters, kernel_size, strides=1, name=None, weight_standardization=False):
+def padded_conv(x, filters, kernel_size, strides=1, name=None, weight_standardization=False,
+                standardization_epsilon=None):
     """A convolution with PyTorch/Caffe padding: `kernel_size // 2` on every side.
 
     Keras `padding="same"` pads stride-2 convolutions asymmetrically (more
     at the bottom/right), which silently breaks weights trained with
     symmetric padding; explicit ZeroPadding2D + "valid" matches them.
     `weight_standardization`: a `keras_gn.WeightStandardizedConv2D`
-    instead of a `Conv2D` (same name and kernel shape).
+    instead of a `Conv2D` (same name and kernel shape), with
+    `standardization_epsilon` if given (else the layer's default).
     """
     pad = kernel_size // 2
     if pad:
         x = keras.layers.ZeroPadding2D(pad, name=f"{name}_pad")(x)
-    conv = keras_gn.WeightStandardizedConv2D if weight_standardization else keras.layers.Conv2D
+    kwargs = {}
+    if weight_standardization:
+        conv = keras_gn.WeightStandardizedConv2D
+        if standardization_epsilon is not None:
+            kwargs["standardization_epsilon"] = standardization_epsilon
+    else:
+        conv = keras.layers.Conv2D
     return conv(
         filters, kernel_size, strides, padding="valid", use_bias=False,
-        kernel_initializer=keras.initializers.HeNormal(), name=name,
+        kernel_initializer=keras.initializers.HeNormal(), name=name, **kwargs,
     )(x)
 
 

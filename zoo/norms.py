@@ -18,7 +18,7 @@ def check_norm(norm):
 
 
 def norm_layer(norm, channels, *, groups=32, group_size=None, epsilon=1e-5, zero_init=False,
-               axis=-1, sync_bn=False, name=None):
+               axis=-1, sync_bn=False, min_group_size=2, name=None):
     """A normalization layer for a tensor with `channels` channels.
 
     Args:
@@ -37,6 +37,10 @@ def norm_layer(norm, channels, *, groups=32, group_size=None, epsilon=1e-5, zero
         axis: int, the channel axis.
         sync_bn: bool, BN statistics over the global batch of all replicas
             instead of per replica (the paper's BN is per replica).
+        min_group_size: int, fewest channels per GN group when choosing by
+            `groups`. Defaults to `2`; `1` uses `groups` wherever it
+            divides `channels` (timm's GroupNorm does, e.g. 32 groups of one
+            channel in `resnetv2_50d_gn`'s stem).
         name: layer name.
     """
     check_norm(norm)
@@ -47,7 +51,7 @@ def norm_layer(norm, channels, *, groups=32, group_size=None, epsilon=1e-5, zero
             synchronized=sync_bn, name=name,
         )
     return keras_gn.GroupNormalization(
-        groups=choose_groups(channels, groups, group_size),
+        groups=choose_groups(channels, groups, group_size, min_group_size),
         axis=axis,
         epsilon=epsilon,
         gamma_initializer=gamma_initializer,

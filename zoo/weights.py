@@ -7,7 +7,8 @@ honest null with what else is checked, source, license), what it reaches
 (dataset, metric) and how its inputs are prepared (input size, crop,
 preprocessing). Its `format` says how the file is read: `keras` for a
 `.weights.h5` of the zoo model, or one of the converters' sources
-(`detectron`, `tensorpack`, `timm`), converted on first use and cached.
+(`detectron`, `tensorpack`, `timm` for `.pth`/`.bin`/`.safetensors`, `bit`
+for Big Transfer's `.npz`), converted on first use and cached.
 An entry with `packaged` names a file shipped in `zoo/pretrained/` instead
 of a URL; its sha256 is checked when it is loaded. Entries whose
 `preprocessing.inside_model` is true were trained with their normalization
@@ -26,7 +27,7 @@ from zoo import download
 
 REGISTRY_FILE = pathlib.Path(__file__).resolve().parent / "weights_registry.json"
 PACKAGED_DIR = pathlib.Path(__file__).resolve().parent / "pretrained"
-FORMATS = ("keras", "detectron", "tensorpack", "timm")
+FORMATS = ("keras", "detectron", "tensorpack", "timm", "bit")
 DATASET_ALIASES = ("imagenet", "cifar10")
 DEFAULT_GROUPS = 32  # the paper's
 # What weights may fix: architecture choices that change no weight shape,

@@ -7,11 +7,18 @@ or `zoo.convert.convert_file(source, input_path, arch, output_path)`.
 `weights="imagenet"` (or a registry tag) in the builders downloads, converts
 on first use and caches the result.
 
-All three sources are ResNet v1 bottleneck networks with the stride on the
-3x3 convolution, projection shortcuts in the first block of every stage,
-symmetric padding, GN with 32 groups and epsilon 1e-5, no convolution
-biases, and a 1000-class linear classifier: the architecture of
-`zoo.resnet50_gn` / `zoo.resnet101_gn`. Their names and layouts:
+The pre-activation ResNets of `zoo.resnetv2` convert from BiT's npz
+(`--source bit`, the BiT models) and from timm state dicts (`--source timm`,
+`.pth`, `.bin` or `.safetensors`); their names are in
+`zoo.convert.resnetv2`. The classifier's size is read from the file (BiT-M:
+21843 ImageNet-21k classes).
+
+The ResNet v1 sources (detectron, tensorpack, timm) are bottleneck
+networks with the stride on the 3x3 convolution, projection shortcuts in
+the first block of every stage, symmetric padding, GN with 32 groups and
+epsilon 1e-5, no convolution biases, and a 1000-class linear classifier:
+the architecture of `zoo.resnet50_gn` / `zoo.resnet101_gn`. Their names
+and layouts:
 
 | | stem / block conv k / shortcut | GN scale, offset | classifier | layouts |
 | --- | --- | --- | --- | --- |
@@ -37,6 +44,7 @@ import pathlib
 import numpy as np
 
 from zoo.convert import readers
+from zoo.convert import resnetv2
 from zoo.convert.readers import READERS
 
 SOURCES = tuple(READERS)
@@ -82,20 +90,32 @@ def _check_source(source):
         raise ValueError(f"source={source!r} is not one of {SOURCES}.")
 
 
+def _is_resnetv2(arch):
+    from zoo.resnetv2 import ARCHS
+
+    return arch in ARCHS
+
+
 def _stage_blocks(arch):
     from zoo.resnet import ARCHS
+    from zoo.resnetv2 import ARCHS as V2_ARCHS
 
     config = ARCHS.get(arch)
     if config is None or config.get("bottleneck", True) is False or config.get("stem") == "cifar":
         convertible = sorted(a for a, c in ARCHS.items() if c.get("bottleneck", True) and "stem" not in c)
         raise ValueError(f"arch={arch!r} has no public GN weights to convert; "
-                         f"converters support {convertible}.")
+                         f"converters support {convertible + sorted(V2_ARCHS)}.")
     return config["stage_blocks"]
 
 
 def layer_map(source, arch):
     """[(keras layer name, [source name per Keras variable])] for `arch`."""
     _check_source(source)
+    if _is_resnetv2(arch):
+        return resnetv2.layer_map(source, arch)
+    if source not in NAMINGS:
+        raise ValueError(f"source={source!r} holds BiT ResNet v2 weights: convert them into one of "
+                         f"the resnetv2_*_bit models, not {arch}.")
     naming = NAMINGS[source]
     layers = [("conv1_conv", [naming.stem[0]]), ("conv1_norm", list(naming.stem[1:]))]
     for stage, blocks in enumerate(_stage_blocks(arch)):
@@ -108,8 +128,10 @@ def layer_map(source, arch):
     return layers
 
 
-def _to_keras(source, name, array, layer_name):
+def _to_keras(source, name, array, layer_name, arch, shape):
     """A source array in the layout of the Keras variable it becomes."""
+    if _is_resnetv2(arch):
+        return resnetv2.to_keras(source, array, shape)
     naming = NAMINGS[source]
     if array.ndim == 4 and naming.conv_oihw:
         return array.transpose(2, 3, 1, 0)  # OIHW -> HWIO
@@ -118,10 +140,17 @@ def _to_keras(source, name, array, layer_name):
     return array
 
 
-def _full_model(arch):
+def _full_model(arch, classes=1000):
     import zoo
 
-    return zoo.get_model(arch)(weights=None, include_top=True, classes=1000)
+    return zoo.get_model(arch)(weights=None, include_top=True, classes=classes)
+
+
+def _classes(source, arch, arrays):
+    """The classifier size of the weights (1000 where the file does not say)."""
+    if _is_resnetv2(arch):
+        return resnetv2.classes(source, arrays) or 1000
+    return 1000
 
 
 def read_source(source, path, arch, model=None):
@@ -133,18 +162,25 @@ def read_source(source, path, arch, model=None):
     Raises:
         ValueError: naming the missing or mis-shaped arrays.
     """
+    return _read_checked(source, path, arch, model)[0]
+
+
+def _read_checked(source, path, arch, model=None):
+    """`(read_source's mapping, the full model it was checked against)`."""
     _check_source(source)
+    layers = layer_map(source, arch)  # an unsupported source/arch pair fails before reading
     arrays = readers.read(source, path)
-    model = model or _full_model(arch)
+    model = model or _full_model(arch, _classes(source, arch, arrays))
     mapping, missing, wrong = {}, [], []
-    for layer_name, names in layer_map(source, arch):
+    for layer_name, names in layers:
         variables = model.get_layer(layer_name).weights
         converted = []
         for name, variable in zip(names, variables, strict=True):
             if name not in arrays:
                 missing.append(name)
                 continue
-            value = _to_keras(source, name, np.asarray(arrays[name], np.float32), layer_name)
+            value = _to_keras(source, name, np.asarray(arrays[name], np.float32), layer_name, arch,
+                              tuple(variable.shape))
             if tuple(value.shape) != tuple(variable.shape):
                 wrong.append(f"{name}: {tuple(arrays[name].shape)}")
             converted.append(value)
@@ -158,14 +194,15 @@ def read_source(source, path, arch, model=None):
         raise ValueError(
             f"{path} is not a {source} {arch} weights file: " + "; ".join(problems) + "."
         )
-    return mapping
+    return mapping, model
 
 
 def convert_file(source, input_path, arch, output_path):
     """Converts a source weights file into a `.weights.h5` of `zoo.<arch>`
-    (with its 1000-class top) and returns `output_path`."""
-    model = _full_model(arch)
-    for layer_name, values in read_source(source, input_path, arch, model).items():
+    (with its top: 1000 classes, or as many as a ResNet v2 file holds) and
+    returns `output_path`."""
+    mapping, model = _read_checked(source, input_path, arch)
+    for layer_name, values in mapping.items():
         for variable, value in zip(model.get_layer(layer_name).weights, values):
             variable.assign(value)
     # Written beside the target and renamed into place: a conversion killed

@@ -2,8 +2,11 @@
 
     python -m zoo.convert --source detectron --input R-50-GN.pkl \\
         --arch resnet50_gn --output resnet50_gn.weights.h5
+    python -m zoo.convert --source bit --input BiT-M-R50x1.npz \\
+        --arch resnetv2_50x1_bit --output bit_m_r50x1.weights.h5
 
-Load the result with `zoo.resnet50_gn(weights="resnet50_gn.weights.h5")`.
+Load the result with `zoo.resnet50_gn(weights="resnet50_gn.weights.h5")`
+(BiT-M: `zoo.resnetv2_50x1_bit(weights=..., classes=21843)`).
 """
 
 import os
@@ -19,7 +22,7 @@ from zoo import convert  # noqa: E402
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("source", None, list(convert.SOURCES), "Format of the input file.")
 flags.DEFINE_string("input", None, "The downloaded weights file.")
-flags.DEFINE_string("arch", "resnet50_gn", "Zoo architecture, e.g. resnet50_gn or resnet101_gn.")
+flags.DEFINE_string("arch", "resnet50_gn", "Zoo architecture, e.g. resnet50_gn, resnet101_gn or resnetv2_50x1_bit.")
 flags.DEFINE_string("output", None, "Where to write the .weights.h5 file.")
 flags.mark_flags_as_required(["source", "input", "output"])
 

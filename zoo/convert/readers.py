@@ -1,5 +1,5 @@
-"""Readers of the three public GN ImageNet weight formats, each returning a
-flat {name: NumPy array} in the source's own names and layouts.
+"""Readers of the public GN ImageNet weight formats, each returning a flat
+{name: NumPy array} in the source's own names and layouts.
 
 - Detectron (`R-50-GN.pkl`, `R-101-GN.pkl`): a Python 2 pickle of a dict
   whose 'blobs' entry maps blob names to arrays (facebookresearch/Detectron
@@ -9,8 +9,14 @@ flat {name: NumPy array} in the source's own names and layouts.
 - tensorpack (`ImageNet-R50-GroupNorm32-AlignPadding.npz`): a NumPy npz
   (tensorpack `tfutils/varmanip.py` `save_chkpt_vars`); a trailing `:0` on a
   name (TF variable names) is removed.
-- timm (`resnet50_gn_a1h2-8fe6c4d0.pth`): a `torch.save` zip of a state
-  dict (`timm/models/_hub.py`), read without torch by `torch_zip`.
+- timm (`resnet50_gn_a1h2-8fe6c4d0.pth`, the hub's `pytorch_model.bin`):
+  a `torch.save` zip of a state dict (`timm/models/_hub.py`), read without
+  torch by `torch_zip`; or the hub's `model.safetensors`, read without the
+  safetensors package by `zoo.convert.safetensors` (told apart by their
+  first bytes).
+- bit (`BiT-M-R50x1.npz`, google-research/big_transfer): a NumPy npz of the
+  TF variables (`resnet/root_block/standardized_conv2d/kernel`, ...), read
+  with `allow_pickle=False`.
 
 `read(source, path)` wraps them: a missing, truncated or corrupt file gets a
 `ValueError` that names it and says what is wrong. Only well-formed numeric
@@ -26,6 +32,7 @@ import zlib
 
 import numpy as np
 
+from zoo.convert import safetensors
 from zoo.convert import torch_zip
 
 _NUMPY_PICKLE_NAMES = {
@@ -95,7 +102,16 @@ def read_tensorpack(path):
         return {k[:-2] if k.endswith(":0") else k: npz[k] for k in npz.files}
 
 
+def read_bit(path):
+    if not zipfile.is_zipfile(path):
+        raise ValueError("not an npz archive (a zip of .npy files); truncated, or another format")
+    with np.load(path, allow_pickle=False) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
 def read_timm(path):
+    if safetensors.is_safetensors(path):
+        return safetensors.load(path)
     state = torch_zip.load(path)
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
@@ -105,7 +121,7 @@ def read_timm(path):
     return {k.removeprefix("module."): np.asarray(v) for k, v in state.items()}
 
 
-READERS = {"detectron": read_detectron, "tensorpack": read_tensorpack, "timm": read_timm}
+READERS = {"detectron": read_detectron, "tensorpack": read_tensorpack, "timm": read_timm, "bit": read_bit}
 
 
 def read(source, path):
@@ -122,6 +138,6 @@ def read(source, path):
     except (ValueError, KeyError, EOFError, OSError, TypeError, AttributeError, IndexError,
             pickle.UnpicklingError, zipfile.BadZipFile, zlib.error) as error:
         message = str(error)
-        if message.startswith(str(path)):  # torch_zip names the file itself
+        if message.startswith(str(path)):  # torch_zip and safetensors name the file themselves
             raise ValueError(message) from None
         raise ValueError(f"{path} is not a readable {source} weights file: {message or type(error).__name__}.") from None
