@@ -31,8 +31,16 @@
 // - Every per-channel and per-group sum is computed by one unit in a fixed
 //   order, and dgamma/dbeta are reduced over the batch in sample order, so
 //   results do not depend on the number of threads or on the unit sizes.
+//
+// GPU: built with -DGOOGLE_CUDA=1 (keras_gn/fused/builder.py, `cuda=True`),
+// this file also registers DEVICE_GPU kernels for both ops that call the
+// CUDA launchers of group_norm_kernels.h (same math, same mean/rstd outputs).
+// They are unverified until benchmarks/gpu/run.sh has run on a GPU.
 
 #define EIGEN_USE_THREADS
+#if GOOGLE_CUDA
+#define EIGEN_USE_GPU
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -43,6 +51,10 @@
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/framework/tensor.h"
+
+#if GOOGLE_CUDA
+#include "group_norm_kernels.h"
+#endif
 
 namespace keras_gn {
 namespace {
@@ -575,6 +587,171 @@ class GroupNormGradOp : public OpKernel {
   Activation activation_;
 };
 
+
+#if GOOGLE_CUDA
+
+// GPU kernels: the same attributes and checks as the CPU kernels, the work
+// done by the CUDA launchers (group_norm_kernels.h) on TensorFlow's stream.
+
+template <typename T>
+struct CudaType;
+template <>
+struct CudaType<float> {
+  static constexpr cuda::DType value = cuda::DType::kFloat32;
+};
+template <>
+struct CudaType<Eigen::half> {
+  static constexpr cuda::DType value = cuda::DType::kFloat16;
+};
+template <>
+struct CudaType<Eigen::bfloat16> {
+  static constexpr cuda::DType value = cuda::DType::kBFloat16;
+};
+
+cuda::Activation CudaActivation(Activation activation) {
+  switch (activation) {
+    case Activation::kRelu: return cuda::Activation::kRelu;
+    case Activation::kSilu: return cuda::Activation::kSilu;
+    default: return cuda::Activation::kNone;
+  }
+}
+
+// [N, S, C] is [n, a=S, c, b=1]; [N, C, S] is [n, a=1, c, b=S].
+cuda::Shape CudaShape(const Geometry& g) {
+  cuda::Shape shape;
+  shape.n = g.n;
+  shape.a = g.channels_last ? g.s : 1;
+  shape.c = g.c;
+  shape.b = g.channels_last ? 1 : g.s;
+  shape.groups = g.groups;
+  return shape;
+}
+
+::tensorflow::Status CudaStatus(const char* op, const char* what, cudaError_t error) {
+  if (error == cudaSuccess) return ::tensorflow::OkStatus();
+  return ::tensorflow::errors::Internal(op, ": ", what, " failed: ", cudaGetErrorName(error), " (",
+                                        cudaGetErrorString(error), ")");
+}
+
+// Scratch memory of `bytes` for one launch (no allocation for 0 bytes).
+::tensorflow::Status Workspace(OpKernelContext* ctx, size_t bytes, Tensor* workspace,
+                               void** data) {
+  *data = nullptr;
+  if (bytes == 0) return ::tensorflow::OkStatus();
+  TF_RETURN_IF_ERROR(ctx->allocate_temp(::tensorflow::DT_INT8,
+                                        TensorShape({static_cast<int64_t>(bytes)}), workspace));
+  *data = workspace->flat<int8_t>().data();
+  return ::tensorflow::OkStatus();
+}
+
+template <typename T>
+class GroupNormGpuOp : public OpKernel {
+ public:
+  explicit GroupNormGpuOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("groups", &groups_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("epsilon", &epsilon_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("channels_last", &channels_last_));
+    std::string activation;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("activation", &activation));
+    activation_ = ParseActivation(activation);
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    const Tensor& gamma = ctx->input(1);
+    const Tensor& beta = ctx->input(2);
+    Geometry g;
+    if (!MakeGeometry(ctx, x, gamma, beta, groups_, channels_last_, &g)) return;
+    Tensor *y, *mean, *rstd;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &y));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({g.n, g.groups}), &mean));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({g.n, g.groups}), &rstd));
+    const cuda::Shape shape = CudaShape(g);
+    const cuda::DType dtype = CudaType<T>::value;
+    size_t bytes = 0;
+    OP_REQUIRES_OK(ctx, CudaStatus("KerasGnGroupNorm", "workspace size",
+                                   cuda::GroupNormForwardWorkspaceSize(shape, dtype, &bytes)));
+    Tensor workspace;
+    void* scratch;
+    OP_REQUIRES_OK(ctx, Workspace(ctx, bytes, &workspace, &scratch));
+    const cudaStream_t stream = ctx->eigen_device<Eigen::GpuDevice>().stream();
+    OP_REQUIRES_OK(
+        ctx, CudaStatus("KerasGnGroupNorm", "launch",
+                        cuda::GroupNormForward(
+                            shape, dtype, CudaActivation(activation_), epsilon_,
+                            x.flat<T>().data(), gamma.flat<float>().data(),
+                            beta.flat<float>().data(), y->flat<T>().data(),
+                            mean->flat<float>().data(), rstd->flat<float>().data(), scratch,
+                            bytes, stream)));
+  }
+
+ private:
+  int64_t groups_;
+  float epsilon_;
+  bool channels_last_;
+  Activation activation_;
+};
+
+template <typename T>
+class GroupNormGradGpuOp : public OpKernel {
+ public:
+  explicit GroupNormGradGpuOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("groups", &groups_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("channels_last", &channels_last_));
+    std::string activation;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("activation", &activation));
+    activation_ = ParseActivation(activation);
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& dy = ctx->input(0);
+    const Tensor& x = ctx->input(1);
+    const Tensor& gamma = ctx->input(2);
+    const Tensor& beta = ctx->input(3);
+    const Tensor& mean = ctx->input(4);
+    const Tensor& rstd = ctx->input(5);
+    Geometry g;
+    if (!MakeGeometry(ctx, x, gamma, beta, groups_, channels_last_, &g)) return;
+    OP_REQUIRES(ctx, dy.shape() == x.shape(),
+                InvalidArgument("KerasGnGroupNormGrad: dy has shape ", dy.shape().DebugString(),
+                                " but x has shape ", x.shape().DebugString()));
+    const TensorShape stats_shape({g.n, g.groups});
+    OP_REQUIRES(ctx, mean.shape() == stats_shape && rstd.shape() == stats_shape,
+                InvalidArgument("KerasGnGroupNormGrad: mean and rstd must have shape ",
+                                stats_shape.DebugString(), ", received ",
+                                mean.shape().DebugString(), " and ", rstd.shape().DebugString()));
+    Tensor *dx, *dgamma, *dbeta;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &dx));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, gamma.shape(), &dgamma));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, beta.shape(), &dbeta));
+    const cuda::Shape shape = CudaShape(g);
+    const cuda::DType dtype = CudaType<T>::value;
+    size_t bytes = 0;
+    OP_REQUIRES_OK(ctx, CudaStatus("KerasGnGroupNormGrad", "workspace size",
+                                   cuda::GroupNormBackwardWorkspaceSize(shape, dtype, &bytes)));
+    Tensor workspace;
+    void* scratch;
+    OP_REQUIRES_OK(ctx, Workspace(ctx, bytes, &workspace, &scratch));
+    const cudaStream_t stream = ctx->eigen_device<Eigen::GpuDevice>().stream();
+    OP_REQUIRES_OK(
+        ctx, CudaStatus("KerasGnGroupNormGrad", "launch",
+                        cuda::GroupNormBackward(
+                            shape, dtype, CudaActivation(activation_), dy.flat<T>().data(),
+                            x.flat<T>().data(), gamma.flat<float>().data(),
+                            beta.flat<float>().data(), mean.flat<float>().data(),
+                            rstd.flat<float>().data(), dx->flat<T>().data(),
+                            dgamma->flat<float>().data(), dbeta->flat<float>().data(), scratch,
+                            bytes, stream)));
+  }
+
+ private:
+  int64_t groups_;
+  bool channels_last_;
+  Activation activation_;
+};
+
+#endif  // GOOGLE_CUDA
+
 }  // namespace
 
 REGISTER_OP("KerasGnGroupNorm")
@@ -635,5 +812,19 @@ REGISTER_OP("KerasGnGroupNormGrad")
 REGISTER_KERNELS(float);
 REGISTER_KERNELS(Eigen::half);
 REGISTER_KERNELS(Eigen::bfloat16);
+
+#if GOOGLE_CUDA
+#define REGISTER_GPU_KERNELS(T)                                                    \
+  REGISTER_KERNEL_BUILDER(                                                         \
+      Name("KerasGnGroupNorm").Device(::tensorflow::DEVICE_GPU).TypeConstraint<T>("T"), \
+      GroupNormGpuOp<T>);                                                          \
+  REGISTER_KERNEL_BUILDER(                                                         \
+      Name("KerasGnGroupNormGrad").Device(::tensorflow::DEVICE_GPU).TypeConstraint<T>("T"), \
+      GroupNormGradGpuOp<T>);
+
+REGISTER_GPU_KERNELS(float);
+REGISTER_GPU_KERNELS(Eigen::half);
+REGISTER_GPU_KERNELS(Eigen::bfloat16);
+#endif  // GOOGLE_CUDA
 
 }  // namespace keras_gn

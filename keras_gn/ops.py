@@ -184,9 +184,10 @@ def _gpu_visible():
 def fused_unsupported_reason(x, axis):
     """Why the fused op cannot compute GN of `x` here, or None if it can.
 
-    The op runs on the CPU, for float32/float16/bfloat16 inputs of rank 2 or
-    more with the channels first (axis 1) or last, outside XLA compilation and
-    outside SavedModel tracing (exported models must not depend on the op).
+    The op runs on the CPU, and on a GPU where its CUDA kernels build, for
+    float32/float16/bfloat16 inputs of rank 2 or more with the channels first
+    (axis 1) or last, outside XLA compilation and outside SavedModel tracing
+    (exported models must not depend on the op).
     """
     rank = x.shape.rank
     if x.dtype not in FUSED_DTYPES:
@@ -199,8 +200,6 @@ def fused_unsupported_reason(x, axis):
         return "XLA compilation (jit_compile=True)"
     if save_context.in_save_context():
         return "SavedModel export"
-    if _gpu_visible():
-        return "a GPU is visible (the op has a CPU kernel only)"
     from keras_gn import fused
 
     if fused.load() is None:
@@ -228,6 +227,8 @@ def resolve_implementation(implementation, x, axis, name="GroupNormalization"):
 
     "auto" is "fused" wherever the op can run (see
     `fused_unsupported_reason`), "composite" elsewhere; "fused" insists.
+    Where a GPU is visible, "auto" stays "composite" until the op's CUDA
+    kernels have been verified on a GPU (`fused.CUDA_KERNELS_VERIFIED`).
 
     Raises:
         ValueError: for "fused" where the op cannot run, or an unknown value.
@@ -235,6 +236,11 @@ def resolve_implementation(implementation, x, axis, name="GroupNormalization"):
     check_implementation(implementation, name)
     if implementation == "composite":
         return "composite"
+    if implementation == "auto" and _gpu_visible():
+        from keras_gn import fused
+
+        if not fused.CUDA_KERNELS_VERIFIED:  # not yet run on a GPU: opt in with "fused"
+            return "composite"
     reason = fused_unsupported_reason(x, axis)
     if reason is None:
         return "fused"

@@ -2,9 +2,10 @@
 
 `group_norm` here computes what `keras_gn.ops.group_norm` computes (plus an
 optional fused ReLU/SiLU) in one C++ kernel per direction; see
-`custom_ops/group_norm_op.cc`. The op is compiled on first use (`builder.py`);
-if that is impossible, `load()` returns None, logs one line, and the layer
-uses the composite TensorFlow recipe instead.
+`custom_ops/group_norm_op.cc` (CPU) and `custom_ops/group_norm_kernels.cu`
+(GPU, compiled in where TensorFlow sees a GPU). The op is compiled on first
+use (`builder.py`); if that is impossible, `load()` returns None, logs one
+line, and the layer uses the composite TensorFlow recipe instead.
 """
 
 import logging
@@ -16,29 +17,58 @@ from keras_gn.fused.builder import build
 
 ACTIVATIONS = ("none", "relu", "silu")
 
+# The CUDA kernels (custom_ops/group_norm_kernels.cu) compile and register,
+# but have not yet been run on a GPU (benchmarks/gpu/run.sh checks them).
+# Until that check has passed, implementation="auto" keeps the composite
+# recipe on GPUs; implementation="fused" uses the kernels. Set to True once
+# the GPU check passes.
+CUDA_KERNELS_VERIFIED = False
+
 _logger = logging.getLogger("keras_gn")
-_state = {"module": None, "error": None, "tried": False}
+_state = {"module": None, "error": None, "tried": False, "cuda": False}
+
+
+def gpu_visible():
+    """Whether TensorFlow sees a GPU (then the op is built with CUDA kernels)."""
+    return bool(tf.config.list_physical_devices("GPU"))
 
 
 def load():
     """Returns the loaded op module, or None when the op cannot be built.
 
-    Compiles on the first call if needed; never raises. The reason for a
-    failure is kept in `unavailable_reason()` and logged once.
+    Compiles on the first call if needed; never raises. Where TensorFlow sees
+    a GPU, the library is built with the CUDA kernels too (CPU and GPU kernels
+    in one library); without them the op would run on the CPU, so a failed
+    CUDA build means no fused op. The reason for a failure is kept in
+    `unavailable_reason()` and logged once.
     """
     if not _state["tried"]:
         _state["tried"] = True
+        cuda = _state["cuda"] = gpu_visible()
         try:
-            _state["module"] = tf.load_op_library(str(build()))
+            _state["module"] = tf.load_op_library(str(build(cuda=cuda)))
         except (BuildError, OSError, tf.errors.OpError) as error:
             _state["error"] = str(error)
-            _logger.warning(
-                "keras_gn: the fused GroupNormalization op is unavailable (%s); "
-                "using the composite TensorFlow implementation. "
-                "`python -m keras_gn.fused build` shows the details.",
-                str(error).splitlines()[0],
-            )
+            if cuda:
+                _logger.warning(
+                    "keras_gn: the fused GroupNormalization op is unavailable on the GPU (%s); "
+                    "using the composite TensorFlow implementation there. "
+                    "`python -m keras_gn.fused build --cuda` shows the details.",
+                    str(error).splitlines()[0],
+                )
+            else:
+                _logger.warning(
+                    "keras_gn: the fused GroupNormalization op is unavailable (%s); "
+                    "using the composite TensorFlow implementation. "
+                    "`python -m keras_gn.fused build` shows the details.",
+                    str(error).splitlines()[0],
+                )
     return _state["module"]
+
+
+def has_gpu_kernels():
+    """Whether the loaded library was built with the CUDA kernels."""
+    return _state["module"] is not None and _state["cuda"]
 
 
 def unavailable_reason():

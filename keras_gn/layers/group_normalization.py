@@ -66,11 +66,13 @@ class GroupNormalization(keras.layers.Layer):
             output, fused into the kernel (forward and backward) when the
             fused implementation runs. Defaults to `None`.
         implementation: `"auto"`, `"fused"` or `"composite"`. `"fused"` is a
-            C++ TensorFlow kernel (CPU; float32, float16 and bfloat16 inputs
-            of rank 2 or more, channels first or last), compiled on first use;
+            C++ TensorFlow kernel (CPU, and CUDA on a GPU where nvcc is found;
+            float32, float16 and bfloat16 inputs of rank 2 or more, channels
+            first or last), compiled on first use;
             `"composite"` is plain TensorFlow ops (any rank, dtype and
             device, XLA, TFLite). `"auto"` uses the fused kernel wherever it
-            can run and the composite recipe elsewhere, including under
+            can run (on a GPU not yet: its CUDA kernels await verification
+            there) and the composite recipe elsewhere, including under
             `jit_compile=True`, while exporting a SavedModel, and when the
             kernel cannot be compiled. Both compute the same function.
             Calls with a mask always use the composite recipe (the kernel

@@ -88,3 +88,30 @@ def test_prebuild_command():
     result = run_python("from keras_gn.fused.__main__ import main; raise SystemExit(main(['build']))", {})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "fused op built and loaded" in result.stdout
+
+
+def test_on_a_gpu_without_nvcc_the_layer_falls_back_with_one_log_line(tmp_path):
+    # No GPU here: pretend TensorFlow sees one, so that load() asks for the CUDA build.
+    result = run_python(
+        """
+        import numpy as np
+        import keras_gn
+        from keras_gn import fused, ops
+        fused.gpu_visible = lambda: True
+        ops._gpu_visible = lambda: True
+        x = np.random.default_rng(0).normal(size=(2, 4, 4, 8)).astype("float32")
+        y = keras_gn.GroupNormalization(groups=2)(x)  # auto: composite until the kernels are verified
+        assert not fused._state["tried"]
+        for _ in range(3):
+            try:
+                keras_gn.GroupNormalization(groups=2, implementation="fused")(x)
+            except ValueError as error:
+                print("FUSED ERROR:", error)
+        """,
+        {"KERAS_GN_NVCC": "/nonexistent/nvcc", "KERAS_GN_CACHE_DIR": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    warnings = [l for l in result.stderr.splitlines() if "fused GroupNormalization op is unavailable" in l]
+    assert len(warnings) == 1, result.stderr[-3000:]
+    assert "on the GPU" in warnings[0] and "/nonexistent/nvcc" in warnings[0] and "composite" in warnings[0]
+    assert result.stdout.count("FUSED ERROR:") == 3

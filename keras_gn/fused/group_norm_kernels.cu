@@ -1,0 +1,1 @@
+../../custom_ops/group_norm_kernels.cu
