@@ -402,15 +402,23 @@ def _copy_tracked_container(container, memo):
 
 
 def _copy_by_attributes(obj, memo):
-    new = object.__new__(type(obj))
+    # Keras' __new__ gives each layer its own `build` and `quantize` wrappers,
+    # closures over the layer itself: the copy needs its own, or its first
+    # call would build the original.
+    new = type(obj).__new__(type(obj))
+    own = {name: vars(new)[name] for name in _PER_INSTANCE if name in vars(new)}
     memo[id(obj)] = new
-    state = copy.deepcopy(vars(obj), memo)
+    state = copy.deepcopy({k: v for k, v in vars(obj).items() if k not in own}, memo)
     if isinstance(obj, keras.Model):  # compiled functions of the original's graph
         for name in ("train_function", "test_function", "predict_function"):
             if name in state:
                 state[name] = None
     vars(new).update(state)  # not through __setattr__: no tracking side effects
+    vars(new).update(own)
     return new
+
+
+_PER_INSTANCE = ("build", "quantize")
 
 
 def _new_variable(variable):

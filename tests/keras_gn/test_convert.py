@@ -367,6 +367,36 @@ def test_a_bn_that_custom_code_never_calls_becomes_an_unbuilt_gn():
     assert converted(np.ones((2, 4), "float32")).shape == (2, 8)
 
 
+class LazyAdd(keras.layers.Layer):
+    """Holds a sublayer built only at the first real call (as keras-hub's
+    HGNetV2 and FeaturePyramid do)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(4)
+        self.bn = keras.layers.BatchNormalization()
+
+    def build(self, input_shape):
+        self.bn.build(input_shape)
+
+    def call(self, x):
+        return self.dense(self.bn(x))
+
+    def compute_output_shape(self, input_shape):  # so the symbolic call skips call()
+        return (*input_shape[:-1], 4)
+
+
+def test_a_copy_builds_its_own_lazy_sublayers_not_the_original_s():
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, LazyAdd(name="lazy")(inputs))  # never called on data
+    original_dense = model.get_layer("lazy").dense
+    assert not original_dense.built
+    converted = keras_gn.convert_bn_to_gn(model, groups=3)
+    assert converted(np.ones((2, 3), "float32")).shape == (2, 4)
+    assert converted.get_layer("lazy").dense.built and len(converted.get_layer("lazy").dense.weights) == 2
+    assert not original_dense.built and not original_dense.weights
+
+
 class Uncopyable(keras.layers.Layer):
     """A layer that refuses both deepcopy and a rebuild from its config."""
 
