@@ -354,16 +354,28 @@ bool MakeGeometry(OpKernelContext* ctx, const Tensor& x, const Tensor& gamma,
   return true;
 }
 
-template <typename T>
-class GroupNormOp : public OpKernel {
+// The attributes, input checks and outputs that the CPU and GPU kernels
+// share: each device's kernel only computes (`Forward` / `Backward`).
+class GroupNormKernelBase : public OpKernel {
  public:
-  explicit GroupNormOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+  explicit GroupNormKernelBase(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("groups", &groups_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("epsilon", &epsilon_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("channels_last", &channels_last_));
     std::string activation;
     OP_REQUIRES_OK(ctx, ctx->GetAttr("activation", &activation));
     activation_ = ParseActivation(activation);
+  }
+
+ protected:
+  int64_t groups_;
+  bool channels_last_;
+  Activation activation_;
+};
+
+class GroupNormForwardBase : public GroupNormKernelBase {
+ public:
+  explicit GroupNormForwardBase(OpKernelConstruction* ctx) : GroupNormKernelBase(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("epsilon", &epsilon_));
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -372,11 +384,64 @@ class GroupNormOp : public OpKernel {
     const Tensor& beta = ctx->input(2);
     Geometry g;
     if (!MakeGeometry(ctx, x, gamma, beta, groups_, channels_last_, &g)) return;
-
     Tensor *y, *mean, *rstd;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &y));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({g.n, g.groups}), &mean));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({g.n, g.groups}), &rstd));
+    Forward(ctx, g, x, gamma, beta, y, mean, rstd);
+  }
+
+ protected:
+  virtual void Forward(OpKernelContext* ctx, const Geometry& g, const Tensor& x,
+                       const Tensor& gamma, const Tensor& beta, Tensor* y, Tensor* mean,
+                       Tensor* rstd) = 0;
+
+  float epsilon_;
+};
+
+class GroupNormBackwardBase : public GroupNormKernelBase {
+ public:
+  using GroupNormKernelBase::GroupNormKernelBase;
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& dy = ctx->input(0);
+    const Tensor& x = ctx->input(1);
+    const Tensor& gamma = ctx->input(2);
+    const Tensor& beta = ctx->input(3);
+    const Tensor& mean = ctx->input(4);
+    const Tensor& rstd = ctx->input(5);
+    Geometry g;
+    if (!MakeGeometry(ctx, x, gamma, beta, groups_, channels_last_, &g)) return;
+    OP_REQUIRES(ctx, dy.shape() == x.shape(),
+                InvalidArgument("KerasGnGroupNormGrad: dy has shape ", dy.shape().DebugString(),
+                                " but x has shape ", x.shape().DebugString()));
+    const TensorShape stats_shape({g.n, g.groups});
+    OP_REQUIRES(ctx, mean.shape() == stats_shape && rstd.shape() == stats_shape,
+                InvalidArgument("KerasGnGroupNormGrad: mean and rstd must have shape ",
+                                stats_shape.DebugString(), ", received ",
+                                mean.shape().DebugString(), " and ", rstd.shape().DebugString()));
+    Tensor *dx, *dgamma, *dbeta;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &dx));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, gamma.shape(), &dgamma));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, beta.shape(), &dbeta));
+    Backward(ctx, g, dy, x, gamma, beta, mean, rstd, dx, dgamma, dbeta);
+  }
+
+ protected:
+  virtual void Backward(OpKernelContext* ctx, const Geometry& g, const Tensor& dy,
+                        const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                        const Tensor& mean, const Tensor& rstd, Tensor* dx, Tensor* dgamma,
+                        Tensor* dbeta) = 0;
+};
+
+template <typename T>
+class GroupNormOp : public GroupNormForwardBase {
+ public:
+  using GroupNormForwardBase::GroupNormForwardBase;
+
+ protected:
+  void Forward(OpKernelContext* ctx, const Geometry& g, const Tensor& x, const Tensor& gamma,
+               const Tensor& beta, Tensor* y, Tensor* mean, Tensor* rstd) override {
     if (x.NumElements() == 0) {
       mean->flat<float>().setZero();
       rstd->flat<float>().setZero();
@@ -449,45 +514,17 @@ class GroupNormOp : public OpKernel {
     });
   }
 
-  int64_t groups_;
-  float epsilon_;
-  bool channels_last_;
-  Activation activation_;
 };
 
 template <typename T>
-class GroupNormGradOp : public OpKernel {
+class GroupNormGradOp : public GroupNormBackwardBase {
  public:
-  explicit GroupNormGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("groups", &groups_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("channels_last", &channels_last_));
-    std::string activation;
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("activation", &activation));
-    activation_ = ParseActivation(activation);
-  }
+  using GroupNormBackwardBase::GroupNormBackwardBase;
 
-  void Compute(OpKernelContext* ctx) override {
-    const Tensor& dy = ctx->input(0);
-    const Tensor& x = ctx->input(1);
-    const Tensor& gamma = ctx->input(2);
-    const Tensor& beta = ctx->input(3);
-    const Tensor& mean = ctx->input(4);
-    const Tensor& rstd = ctx->input(5);
-    Geometry g;
-    if (!MakeGeometry(ctx, x, gamma, beta, groups_, channels_last_, &g)) return;
-    OP_REQUIRES(ctx, dy.shape() == x.shape(),
-                InvalidArgument("KerasGnGroupNormGrad: dy has shape ", dy.shape().DebugString(),
-                                " but x has shape ", x.shape().DebugString()));
-    const TensorShape stats_shape({g.n, g.groups});
-    OP_REQUIRES(ctx, mean.shape() == stats_shape && rstd.shape() == stats_shape,
-                InvalidArgument("KerasGnGroupNormGrad: mean and rstd must have shape ",
-                                stats_shape.DebugString(), ", received ",
-                                mean.shape().DebugString(), " and ", rstd.shape().DebugString()));
-
-    Tensor *dx, *dgamma, *dbeta;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &dx));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, gamma.shape(), &dgamma));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, beta.shape(), &dbeta));
+ protected:
+  void Backward(OpKernelContext* ctx, const Geometry& g, const Tensor& dy, const Tensor& x,
+                const Tensor& gamma, const Tensor& beta, const Tensor& mean, const Tensor& rstd,
+                Tensor* dx, Tensor* dgamma, Tensor* dbeta) override {
     dgamma->flat<float>().setZero();
     dbeta->flat<float>().setZero();
     if (x.NumElements() == 0) return;
@@ -582,9 +619,6 @@ class GroupNormGradOp : public OpKernel {
     }
   }
 
-  int64_t groups_;
-  bool channels_last_;
-  Activation activation_;
 };
 
 
@@ -645,27 +679,13 @@ cuda::Shape CudaShape(const Geometry& g) {
 }
 
 template <typename T>
-class GroupNormGpuOp : public OpKernel {
+class GroupNormGpuOp : public GroupNormForwardBase {
  public:
-  explicit GroupNormGpuOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("groups", &groups_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("epsilon", &epsilon_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("channels_last", &channels_last_));
-    std::string activation;
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("activation", &activation));
-    activation_ = ParseActivation(activation);
-  }
+  using GroupNormForwardBase::GroupNormForwardBase;
 
-  void Compute(OpKernelContext* ctx) override {
-    const Tensor& x = ctx->input(0);
-    const Tensor& gamma = ctx->input(1);
-    const Tensor& beta = ctx->input(2);
-    Geometry g;
-    if (!MakeGeometry(ctx, x, gamma, beta, groups_, channels_last_, &g)) return;
-    Tensor *y, *mean, *rstd;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &y));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({g.n, g.groups}), &mean));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({g.n, g.groups}), &rstd));
+ protected:
+  void Forward(OpKernelContext* ctx, const Geometry& g, const Tensor& x, const Tensor& gamma,
+               const Tensor& beta, Tensor* y, Tensor* mean, Tensor* rstd) override {
     const cuda::Shape shape = CudaShape(g);
     const cuda::DType dtype = CudaType<T>::value;
     size_t bytes = 0;
@@ -684,46 +704,17 @@ class GroupNormGpuOp : public OpKernel {
                             mean->flat<float>().data(), rstd->flat<float>().data(), scratch,
                             bytes, stream)));
   }
-
- private:
-  int64_t groups_;
-  float epsilon_;
-  bool channels_last_;
-  Activation activation_;
 };
 
 template <typename T>
-class GroupNormGradGpuOp : public OpKernel {
+class GroupNormGradGpuOp : public GroupNormBackwardBase {
  public:
-  explicit GroupNormGradGpuOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("groups", &groups_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("channels_last", &channels_last_));
-    std::string activation;
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("activation", &activation));
-    activation_ = ParseActivation(activation);
-  }
+  using GroupNormBackwardBase::GroupNormBackwardBase;
 
-  void Compute(OpKernelContext* ctx) override {
-    const Tensor& dy = ctx->input(0);
-    const Tensor& x = ctx->input(1);
-    const Tensor& gamma = ctx->input(2);
-    const Tensor& beta = ctx->input(3);
-    const Tensor& mean = ctx->input(4);
-    const Tensor& rstd = ctx->input(5);
-    Geometry g;
-    if (!MakeGeometry(ctx, x, gamma, beta, groups_, channels_last_, &g)) return;
-    OP_REQUIRES(ctx, dy.shape() == x.shape(),
-                InvalidArgument("KerasGnGroupNormGrad: dy has shape ", dy.shape().DebugString(),
-                                " but x has shape ", x.shape().DebugString()));
-    const TensorShape stats_shape({g.n, g.groups});
-    OP_REQUIRES(ctx, mean.shape() == stats_shape && rstd.shape() == stats_shape,
-                InvalidArgument("KerasGnGroupNormGrad: mean and rstd must have shape ",
-                                stats_shape.DebugString(), ", received ",
-                                mean.shape().DebugString(), " and ", rstd.shape().DebugString()));
-    Tensor *dx, *dgamma, *dbeta;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &dx));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, gamma.shape(), &dgamma));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, beta.shape(), &dbeta));
+ protected:
+  void Backward(OpKernelContext* ctx, const Geometry& g, const Tensor& dy, const Tensor& x,
+                const Tensor& gamma, const Tensor& beta, const Tensor& mean, const Tensor& rstd,
+                Tensor* dx, Tensor* dgamma, Tensor* dbeta) override {
     const cuda::Shape shape = CudaShape(g);
     const cuda::DType dtype = CudaType<T>::value;
     size_t bytes = 0;
@@ -743,11 +734,6 @@ class GroupNormGradGpuOp : public OpKernel {
                             dgamma->flat<float>().data(), dbeta->flat<float>().data(), scratch,
                             bytes, stream)));
   }
-
- private:
-  int64_t groups_;
-  bool channels_last_;
-  Activation activation_;
 };
 
 #endif  // GOOGLE_CUDA
