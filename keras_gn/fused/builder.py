@@ -135,17 +135,8 @@ def build(force=False, cuda=False, nvcc=None, archs=None):
     """
     if cuda:
         return _build_cuda(force, nvcc, archs)
-    if not SOURCE.exists():
-        raise BuildError(
-            f"the op source {SOURCE} is missing; reinstall keras-gn from its "
-            "repository (pip install -e .)."
-        )
-    cxx = compiler()
-    if cxx is None:
-        raise BuildError(
-            "no C++ compiler found (set CXX, or install g++, e.g. "
-            "`apt-get install g++`)."
-        )
+    _check_sources(SOURCE)
+    cxx = _required_compiler()
     path = library_path(cxx)
     if path.exists() and not force:
         return path
@@ -345,16 +336,28 @@ def cuda_library_path(cxx, toolchain, archs):
     return cache_dir() / "ops" / name
 
 
-def _build_cuda(force, nvcc, archs):
-    for source in (SOURCE, CUDA_SOURCE, CUDA_HEADER):
+def _check_sources(*sources):
+    for source in sources:
         if not source.exists():
             raise BuildError(
                 f"the op source {source} is missing; reinstall keras-gn from its "
                 "repository (pip install -e .)."
             )
+
+
+def _required_compiler():
     cxx = compiler()
     if cxx is None:
-        raise BuildError("no C++ compiler found (set CXX, or install g++, e.g. `apt-get install g++`).")
+        raise BuildError(
+            "no C++ compiler found (set CXX, or install g++, e.g. "
+            "`apt-get install g++`)."
+        )
+    return cxx
+
+
+def _build_cuda(force, nvcc, archs):
+    _check_sources(SOURCE, CUDA_SOURCE, CUDA_HEADER)
+    cxx = _required_compiler()
     toolchain = CudaToolchain(nvcc if nvcc is not None else find_nvcc())
     archs = tuple(archs) if archs else cuda_archs()
     path = cuda_library_path(cxx, toolchain, archs)
