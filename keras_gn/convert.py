@@ -274,9 +274,15 @@ def convert_bn_to_gn(
     records = {}
 
     def make_replacement(bn):
-        gamma_initializer = bn.gamma_initializer
-        if not bn.built:  # never called (dead code in a custom layer): no channels to fit
+        if bn.built:
+            channels = int(bn.moving_mean.shape[0])
+            num_groups = choose_groups(channels, groups, group_size, min_group_size)
+            grouping = dict(groups=num_groups)
+        else:  # never called (dead code in a custom layer): no channels to fit
             channels = num_groups = None
+            grouping = dict(groups=groups, group_size=group_size)
+        gamma_initializer = bn.gamma_initializer
+        if not bn.built:
             gamma_beta = "unbuilt (never called)"
         elif init == "copy":
             gamma_beta = "copied"
@@ -284,13 +290,9 @@ def convert_bn_to_gn(
             gamma_initializer, gamma_beta = "zeros", "reset, gamma=0"
         else:
             gamma_initializer, gamma_beta = "ones", "reset"
-        if bn.built:
-            channels = int(bn.moving_mean.shape[0])
-            num_groups = choose_groups(channels, groups, group_size, min_group_size)
         records[id(bn)] = (channels, num_groups, gamma_beta)
         return GroupNormalization(
-            groups=num_groups if bn.built else groups,
-            group_size=None if bn.built else group_size,
+            **grouping,
             axis=bn.axis,
             epsilon=bn.epsilon if epsilon is None else epsilon,
             center=bn.center,
@@ -307,7 +309,7 @@ def convert_bn_to_gn(
         )
 
     def load_replacement(bn, gn):
-        if init != "copy" or not bn.built:
+        if init != "copy":  # (rewrite_layers loads built layers only)
             return
         if bn.scale:
             gn.gamma.assign(bn.gamma)

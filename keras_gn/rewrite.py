@@ -79,7 +79,8 @@ def rewrite_layers(model, is_target, make_replacement, load_replacement, what):
         is_target: `fn(layer) -> bool`, which layers to replace.
         make_replacement: `fn(layer) -> new_layer`, an unbuilt replacement.
         load_replacement: `fn(old_layer, new_layer)`, called once the new
-            layer is built, to set its weights.
+            layer is built, to set its weights (not for an old layer that was
+            never built: it has none).
         what: short description of the rewrite for error messages, e.g.
             "convert_bn_to_gn".
 
