@@ -135,10 +135,12 @@ def resolve(arch, weights):
         for tag in available:
             if registry()[tag].default_for == weights:
                 return registry()[tag]
+        others = sorted({e.arch for e in registry().values() if e.default_for == weights})
+        elsewhere = f" {weights!r} weights exist for: {', '.join(others)}." if others else ""
         raise ValueError(
             f"No {weights!r} weights are registered for {arch} yet. Weights for "
             f"{arch}: {available or 'none'}; or pass weights=None, or the path of "
-            "a .weights.h5 file saved from this model."
+            f"a .weights.h5 file saved from this model.{elsewhere}"
         )
     tag = weights if "." in weights and not os.path.exists(weights) else f"{arch}.{weights}"
     if tag in registry():

@@ -41,7 +41,8 @@ def test_the_registry_is_consistent():
 
 
 @pytest.mark.parametrize("weights, message", [
-    ("imagenet", r"No 'imagenet' weights are registered for resnet18_gn yet\. Weights for resnet18_gn: none"),
+    ("imagenet", r"No 'imagenet' weights are registered for resnet18_gn yet\. Weights for resnet18_gn: none.* 'imagenet' weights exist for: .*resnet50_gn"),
+    ("cifar10", r"No 'cifar10' weights .* 'cifar10' weights exist for: .*resnet20_gn"),
     ("resnet50_gn.in1k_detectron", "weights 'resnet50_gn.in1k_detectron' are for resnet50_gn, not resnet18_gn"),
     ("in1k_nothing", r"weights='in1k_nothing' is neither None, a registered tag for resnet18_gn"),
 ])
