@@ -1,7 +1,8 @@
 // CUDA kernels for Group Normalization (keras_gn); see group_norm_kernels.h.
 //
-// UNVERIFIED ON A GPU until benchmarks/gpu/run.sh has run on one: this file
-// is compiled (tests/keras_gn/fused/test_cuda_build.py) but not yet executed.
+// Checked on an H200 by benchmarks/gpu/run.sh (correctness against the
+// float64 reference, a tensor over 2**31 elements, speed next to PyTorch):
+// benchmarks/results/gpu_group_norm.json.
 //
 // Design (memory-bound: every pass streams the tensor once):
 //   forward:  1. tile reduction -> per-(sample, channel, chunk) partial
@@ -27,7 +28,7 @@
 // row, TY over rows; the TX lanes of a row are reduced with warp shuffles.
 //
 // Numerics. Each thread shifts its data by its own first value per channel
-// (sums of x - shift and (x - shift)^2 in float32 over at most 16 * 8
+// (sums of x - shift and (x - shift)^2 in float32 over at most 256 * 8
 // values), turns them into (count, mean - ref, M2), and those are combined
 // with Chan et al.'s pairwise formula: in float32 within a block, in float64
 // across blocks and channels. Centering is (x - ref) - (mean - ref), exact for
@@ -47,10 +48,37 @@ namespace keras_gn {
 namespace cuda {
 namespace {
 
-constexpr int kThreads = 256;              // per tile block
-constexpr int kMaxIters = 16;              // rows (channels-last) or vectors (channels-first) per thread
-constexpr int64_t kTargetBlocks = 2048;    // fewer iterations per thread until this many blocks
+// How the tile kernels cut the tensor: each thread takes at most MAX_ITERS
+// rows (channels-last) or vectors (channels-first), fewer until the grid has
+// TARGET_BLOCKS blocks; the reductions (REDUCE_*: partial moments or sums per
+// chunk) and the elementwise passes (ELEMENTWISE_*: y, dx) are cut apart.
+// Overridable with -D for tuning (benchmarks/gpu/check.py --tune). Chosen on
+// an H200 (132 SMs) from 12 variants, sum of the speed rows' medians: the
+// reductions want long per-thread loops and few partials (the block's
+// combine and the partials cost more than the occupancy they buy); 16/2048
+// for both was 20% slower in forward, 1.75x in float16 channels-last.
+#ifndef KERAS_GN_REDUCE_MAX_ITERS
+#define KERAS_GN_REDUCE_MAX_ITERS 256
+#endif
+#ifndef KERAS_GN_REDUCE_TARGET_BLOCKS
+#define KERAS_GN_REDUCE_TARGET_BLOCKS 264
+#endif
+#ifndef KERAS_GN_ELEMENTWISE_MAX_ITERS
+#define KERAS_GN_ELEMENTWISE_MAX_ITERS 128
+#endif
+#ifndef KERAS_GN_ELEMENTWISE_TARGET_BLOCKS
+#define KERAS_GN_ELEMENTWISE_TARGET_BLOCKS 528
+#endif
+
+constexpr int kThreads = 256;  // per tile block
 constexpr int kFinalizeThreads = 256;
+
+struct Cut {
+  int max_iters;
+  int64_t target_blocks;
+};
+constexpr Cut kReduceCut{KERAS_GN_REDUCE_MAX_ITERS, KERAS_GN_REDUCE_TARGET_BLOCKS};
+constexpr Cut kElementwiseCut{KERAS_GN_ELEMENTWISE_MAX_ITERS, KERAS_GN_ELEMENTWISE_TARGET_BLOCKS};
 
 // ---------------------------------------------------------------- elements
 
@@ -531,9 +559,34 @@ __global__ void __launch_bounds__(kThreads)
 // Partials of (n, c, part) at partial[n * C * parts + c * stride_c + part * stride_p]:
 // channels-last stride_c = 1, stride_p = C; channels-first stride_c = parts, stride_p = 1.
 
-// One warp per (n, c): the chunks' moments combined (float64); part k holds
-// min(chunk, len - k * chunk) values. Lanes take every 32nd chunk, then a
-// butterfly; lane 0's result is kept (fixed order: reproducible).
+// The moments of chunks k0, k0 + step, ... of one (n, c) (partials p[k * stride_p])
+// combined in float64; chunk k holds min(chunk, len - k * chunk) values.
+__device__ __forceinline__ void ChunkMoments(const float2* __restrict__ p, int64_t k0,
+                                             int64_t step, int64_t parts, int64_t stride_p,
+                                             int64_t len, int64_t chunk, double& count,
+                                             double& mean, double& m2) {
+  for (int64_t k = k0; k < parts; k += step) {
+    const float2 v = p[k * stride_p];
+    Combine(count, mean, m2, static_cast<double>(min(chunk, len - k * chunk)),
+            static_cast<double>(v.x), static_cast<double>(v.y));
+  }
+}
+
+// The chunks' sums of one (n, c), as ChunkMoments.
+__device__ __forceinline__ void ChunkSums(const float2* __restrict__ p, int64_t k0, int64_t step,
+                                          int64_t parts, int64_t stride_p, double& a,
+                                          double& b) {
+  for (int64_t k = k0; k < parts; k += step) {
+    const float2 v = p[k * stride_p];
+    a += v.x;
+    b += v.y;
+  }
+}
+
+// One warp per (n, c): lanes take every 32nd chunk, then a butterfly; lane
+// 0's result is kept (fixed order: reproducible). A thread per (n, c) would
+// coalesce the channels-last loads, but leaves too few threads where N * C is
+// small (measured: 3x slower on (2, 32, 64, 64, 64)).
 __global__ void ChannelMoments(const float2* __restrict__ partial, int64_t NC, int64_t C,
                                int64_t parts, int64_t len, int64_t chunk, int64_t stride_c,
                                int64_t stride_p, double2* __restrict__ channel) {
@@ -541,13 +594,9 @@ __global__ void ChannelMoments(const float2* __restrict__ partial, int64_t NC, i
   const int lane = threadIdx.x % 32;
   if (i >= NC) return;  // whole warps
   const int64_t n = i / C, c = i - n * C;
-  const float2* p = partial + n * C * parts + c * stride_c;
   double count = 0.0, mean = 0.0, m2 = 0.0;
-  for (int64_t k = lane; k < parts; k += 32) {
-    const float2 v = p[k * stride_p];
-    Combine(count, mean, m2, static_cast<double>(min(chunk, len - k * chunk)),
-            static_cast<double>(v.x), static_cast<double>(v.y));
-  }
+  ChunkMoments(partial + n * C * parts + c * stride_c, lane, 32, parts, stride_p, len, chunk,
+               count, mean, m2);
   for (int offset = 16; offset > 0; offset /= 2) {
     const double nb = __shfl_xor_sync(0xffffffffu, count, offset);
     const double mb = __shfl_xor_sync(0xffffffffu, mean, offset);
@@ -557,7 +606,7 @@ __global__ void ChannelMoments(const float2* __restrict__ partial, int64_t NC, i
   if (lane == 0) channel[i] = make_double2(mean, m2);
 }
 
-// One warp per (n, c): the chunks' sums added (float64).
+// One warp per (n, c): the chunks' sums added (float64), as ChannelMoments.
 __global__ void ChannelSums(const float2* __restrict__ partial, int64_t NC, int64_t C,
                             int64_t parts, int64_t stride_c, int64_t stride_p,
                             double2* __restrict__ channel) {
@@ -565,13 +614,8 @@ __global__ void ChannelSums(const float2* __restrict__ partial, int64_t NC, int6
   const int lane = threadIdx.x % 32;
   if (i >= NC) return;
   const int64_t n = i / C, c = i - n * C;
-  const float2* p = partial + n * C * parts + c * stride_c;
   double a = 0.0, b = 0.0;
-  for (int64_t k = lane; k < parts; k += 32) {
-    const float2 v = p[k * stride_p];
-    a += v.x;
-    b += v.y;
-  }
+  ChunkSums(partial + n * C * parts + c * stride_c, lane, 32, parts, stride_p, a, b);
   for (int offset = 16; offset > 0; offset /= 2) {
     a += __shfl_xor_sync(0xffffffffu, a, offset);
     b += __shfl_xor_sync(0xffffffffu, b, offset);
@@ -695,7 +739,7 @@ int VectorWidth(DType dtype) { return dtype == DType::kFloat32 ? 4 : 8; }
 
 // The plan for vector width `vec` (1, or VectorWidth(dtype) when it divides
 // the contiguous extent). Returns false where the grid would not fit.
-bool MakePlan(const Shape& s, int vec, Plan* p) {
+bool MakePlan(const Shape& s, int vec, Cut cut, Plan* p) {
   p->channels_last = s.b == 1;
   p->vec = vec;
   const int64_t width = p->channels_last ? s.c : s.b;  // the contiguous extent
@@ -706,12 +750,12 @@ bool MakePlan(const Shape& s, int vec, Plan* p) {
   p->ty = kThreads / tx;
   p->len = s.a * s.b;
   const int64_t tiles = p->channels_last ? CeilDiv(vectors, tx) : CeilDiv(s.n * s.c, p->ty);
-  for (int iters = kMaxIters; iters >= 1; iters /= 2) {
+  for (int iters = cut.max_iters; iters >= 1; iters /= 2) {
     p->chunk = p->channels_last ? static_cast<int64_t>(p->ty) * iters
                                 : static_cast<int64_t>(tx) * vec * iters;
     p->parts = std::max<int64_t>(1, CeilDiv(p->len, p->chunk));
     const int64_t blocks = (p->channels_last ? s.n : 1) * p->parts * tiles;
-    if (blocks >= kTargetBlocks) break;
+    if (blocks >= cut.target_blocks) break;
   }
   const int64_t grid_x = p->channels_last ? s.n * p->parts : tiles * p->parts;
   const int64_t grid_y = p->channels_last ? tiles : 1;
@@ -739,9 +783,9 @@ cudaError_t WorkspaceSize(const Shape& s, DType dtype, int table_float4s, size_t
   *bytes = 0;
   if (s.n == 0 || s.a * s.b == 0) return cudaSuccess;
   Plan plain, vectorized;
-  if (!MakePlan(s, 1, &plain)) return cudaErrorInvalidConfiguration;
+  if (!MakePlan(s, 1, kReduceCut, &plain)) return cudaErrorInvalidConfiguration;
   *bytes = MakeLayout(s, plain, table_float4s).total;
-  if (MakePlan(s, VectorWidth(dtype), &vectorized)) {
+  if (MakePlan(s, VectorWidth(dtype), kReduceCut, &vectorized)) {
     *bytes = std::max(*bytes, MakeLayout(s, vectorized, table_float4s).total);
   }
   return cudaSuccess;
@@ -779,7 +823,7 @@ void LaunchNormalize(const Shape& s, const Plan& p, const T* x, T* y, const floa
 }
 
 template <typename T, int V>
-void Forward(const Shape& s, const Plan& p, const Layout& l, Activation activation,
+void Forward(const Shape& s, const Plan& p, const Plan& e, const Layout& l, Activation activation,
              float epsilon, const T* x, const float* gamma, const float* beta, T* y, float* mean,
              float* rstd, char* ws, cudaStream_t stream) {
   float2* partial = reinterpret_cast<float2*>(ws + l.partial);
@@ -805,9 +849,9 @@ void Forward(const Shape& s, const Plan& p, const Layout& l, Activation activati
       channel, x, gamma, beta, s.n, s.c, s.groups, p.len, sample_stride, channel_stride, epsilon,
       mean, rstd, table);
   switch (activation) {
-    case Activation::kRelu: LaunchNormalize<T, V, 1>(s, p, x, y, table, stream); break;
-    case Activation::kSilu: LaunchNormalize<T, V, 2>(s, p, x, y, table, stream); break;
-    default: LaunchNormalize<T, V, 0>(s, p, x, y, table, stream);
+    case Activation::kRelu: LaunchNormalize<T, V, 1>(s, e, x, y, table, stream); break;
+    case Activation::kSilu: LaunchNormalize<T, V, 2>(s, e, x, y, table, stream); break;
+    default: LaunchNormalize<T, V, 0>(s, e, x, y, table, stream);
   }
 }
 
@@ -817,8 +861,10 @@ cudaError_t ForwardTyped(const Shape& s, DType dtype, Activation activation, flo
                          float* mean, float* rstd, void* workspace, size_t workspace_bytes,
                          cudaStream_t stream) {
   const int vec = ChooseVector(s, dtype, {x, y});
-  Plan p;
-  if (!MakePlan(s, vec, &p)) return cudaErrorInvalidConfiguration;
+  Plan p, e;
+  if (!MakePlan(s, vec, kReduceCut, &p) || !MakePlan(s, vec, kElementwiseCut, &e)) {
+    return cudaErrorInvalidConfiguration;
+  }
   const Layout l = MakeLayout(s, p, 1);
   if (workspace_bytes < l.total || (l.total > 0 && workspace == nullptr)) {
     return cudaErrorInvalidValue;
@@ -828,9 +874,9 @@ cudaError_t ForwardTyped(const Shape& s, DType dtype, Activation activation, flo
   char* ws = static_cast<char*>(workspace);
   constexpr int kVec = 16 / sizeof(T);
   if (vec == kVec) {
-    Forward<T, kVec>(s, p, l, activation, epsilon, xt, gamma, beta, yt, mean, rstd, ws, stream);
+    Forward<T, kVec>(s, p, e, l, activation, epsilon, xt, gamma, beta, yt, mean, rstd, ws, stream);
   } else {
-    Forward<T, 1>(s, p, l, activation, epsilon, xt, gamma, beta, yt, mean, rstd, ws, stream);
+    Forward<T, 1>(s, p, e, l, activation, epsilon, xt, gamma, beta, yt, mean, rstd, ws, stream);
   }
   return cudaGetLastError();
 }
@@ -838,7 +884,8 @@ cudaError_t ForwardTyped(const Shape& s, DType dtype, Activation activation, flo
 // --------------------------------------------------------------- backward
 
 template <typename T, int V, int A>
-void BackwardActivation(const Shape& s, const Plan& p, const Layout& l, const T* dy, const T* x,
+void BackwardActivation(const Shape& s, const Plan& p, const Plan& e, const Layout& l, const T* dy,
+                        const T* x,
                         const float* gamma, const float* beta, const float* mean,
                         const float* rstd, T* dx, float* dgamma, float* dbeta, char* ws,
                         cudaStream_t stream) {
@@ -868,31 +915,32 @@ void BackwardActivation(const Shape& s, const Plan& p, const Layout& l, const T*
           channel_stride, table);
   ParameterGrads<<<Blocks(s.c, kFinalizeThreads), kFinalizeThreads, 0, stream>>>(
       channel, s.n, s.c, dgamma, dbeta);
-  if (p.channels_last) {
-    InputGradCL<T, V, A><<<p.grid, block, 0, stream>>>(dy, x, dx, table, s.a, s.c, p.parts,
-                                                       p.chunk);
+  const dim3 e_block(e.tx, e.ty);
+  if (e.channels_last) {
+    InputGradCL<T, V, A><<<e.grid, e_block, 0, stream>>>(dy, x, dx, table, s.a, s.c, e.parts,
+                                                         e.chunk);
   } else {
-    InputGradCF<T, V, A><<<p.grid, block, 0, stream>>>(dy, x, dx, table, s.n * s.c, s.b,
-                                                       p.parts, p.chunk);
+    InputGradCF<T, V, A><<<e.grid, e_block, 0, stream>>>(dy, x, dx, table, s.n * s.c, s.b,
+                                                         e.parts, e.chunk);
   }
 }
 
 template <typename T, int V>
-void Backward(const Shape& s, const Plan& p, const Layout& l, Activation activation,
+void Backward(const Shape& s, const Plan& p, const Plan& e, const Layout& l, Activation activation,
               const T* dy, const T* x, const float* gamma, const float* beta, const float* mean,
               const float* rstd, T* dx, float* dgamma, float* dbeta, char* ws,
               cudaStream_t stream) {
   switch (activation) {
     case Activation::kRelu:
-      BackwardActivation<T, V, 1>(s, p, l, dy, x, gamma, beta, mean, rstd, dx, dgamma, dbeta, ws,
+      BackwardActivation<T, V, 1>(s, p, e, l, dy, x, gamma, beta, mean, rstd, dx, dgamma, dbeta, ws,
                                   stream);
       break;
     case Activation::kSilu:
-      BackwardActivation<T, V, 2>(s, p, l, dy, x, gamma, beta, mean, rstd, dx, dgamma, dbeta, ws,
+      BackwardActivation<T, V, 2>(s, p, e, l, dy, x, gamma, beta, mean, rstd, dx, dgamma, dbeta, ws,
                                   stream);
       break;
     default:
-      BackwardActivation<T, V, 0>(s, p, l, dy, x, gamma, beta, mean, rstd, dx, dgamma, dbeta, ws,
+      BackwardActivation<T, V, 0>(s, p, e, l, dy, x, gamma, beta, mean, rstd, dx, dgamma, dbeta, ws,
                                   stream);
   }
 }
@@ -904,8 +952,10 @@ cudaError_t BackwardTyped(const Shape& s, DType dtype, Activation activation, co
                           float* dbeta, void* workspace, size_t workspace_bytes,
                           cudaStream_t stream) {
   const int vec = ChooseVector(s, dtype, {dy, x, dx});
-  Plan p;
-  if (!MakePlan(s, vec, &p)) return cudaErrorInvalidConfiguration;
+  Plan p, e;
+  if (!MakePlan(s, vec, kReduceCut, &p) || !MakePlan(s, vec, kElementwiseCut, &e)) {
+    return cudaErrorInvalidConfiguration;
+  }
   const Layout l = MakeLayout(s, p, 2);
   if (workspace_bytes < l.total || (l.total > 0 && workspace == nullptr)) {
     return cudaErrorInvalidValue;
@@ -916,10 +966,10 @@ cudaError_t BackwardTyped(const Shape& s, DType dtype, Activation activation, co
   char* ws = static_cast<char*>(workspace);
   constexpr int kVec = 16 / sizeof(T);
   if (vec == kVec) {
-    Backward<T, kVec>(s, p, l, activation, dyt, xt, gamma, beta, mean, rstd, dxt, dgamma, dbeta,
+    Backward<T, kVec>(s, p, e, l, activation, dyt, xt, gamma, beta, mean, rstd, dxt, dgamma, dbeta,
                       ws, stream);
   } else {
-    Backward<T, 1>(s, p, l, activation, dyt, xt, gamma, beta, mean, rstd, dxt, dgamma, dbeta, ws,
+    Backward<T, 1>(s, p, e, l, activation, dyt, xt, gamma, beta, mean, rstd, dxt, dgamma, dbeta, ws,
                    stream);
   }
   return cudaGetLastError();

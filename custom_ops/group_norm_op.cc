@@ -35,7 +35,8 @@
 // GPU: built with -DGOOGLE_CUDA=1 (keras_gn/fused/builder.py, `cuda=True`),
 // this file also registers DEVICE_GPU kernels for both ops that call the
 // CUDA launchers of group_norm_kernels.h (same math, same mean/rstd outputs).
-// They are unverified until benchmarks/gpu/run.sh has run on a GPU.
+// The launchers pass the GPU check (benchmarks/gpu/run.sh); these TensorFlow
+// front ends have not yet run on a GPU (keras_gn.fused.TENSORFLOW_GPU_OP_VERIFIED).
 
 #define EIGEN_USE_THREADS
 #if GOOGLE_CUDA

@@ -228,7 +228,7 @@ def resolve_implementation(implementation, x, axis, name="GroupNormalization"):
     "auto" is "fused" wherever the op can run (see
     `fused_unsupported_reason`), "composite" elsewhere; "fused" insists.
     Where a GPU is visible, "auto" stays "composite" until the op's CUDA
-    kernels have been verified on a GPU (`fused.CUDA_KERNELS_VERIFIED`).
+    kernels have run in TensorFlow on a GPU (`fused.TENSORFLOW_GPU_OP_VERIFIED`).
 
     Raises:
         ValueError: for "fused" where the op cannot run, or an unknown value.
@@ -239,7 +239,7 @@ def resolve_implementation(implementation, x, axis, name="GroupNormalization"):
     if implementation == "auto" and _gpu_visible():
         from keras_gn import fused
 
-        if not fused.CUDA_KERNELS_VERIFIED:  # not yet run on a GPU: opt in with "fused"
+        if not fused.TENSORFLOW_GPU_OP_VERIFIED:  # opt in with "fused"
             return "composite"
     reason = fused_unsupported_reason(x, axis)
     if reason is None:

@@ -15,6 +15,7 @@ PyTorch CUDA tensors:
 
     python3 benchmarks/gpu/check.py --out DIR     # on the GPU machine (run.sh)
     python3 benchmarks/gpu/check.py --dry-run     # here, on the CPU
+    python3 benchmarks/gpu/check.py --summarize benchmarks/results/gpu_group_norm.json
 
 `--dry-run` needs no GPU or nvcc: it builds the grid, checks this file's
 torch float64 reference against tests/reference.py, and runs the whole
@@ -99,22 +100,43 @@ def view(shape, channels_last):
 # ------------------------------------------------------------------ build
 
 
-def harness_command(nvcc, output, arch="90"):
+def harness_command(nvcc, output, arch="90", defines=()):
+    """nvcc's command line; `defines` are NAME=VALUE tuning macros of the
+    kernels (KERAS_GN_<NAME>, see the top of group_norm_kernels.cu)."""
     return [
         str(nvcc), "-O3", "-std=c++17", f"-gencode=arch=compute_{arch},code=sm_{arch}",
+        *(f"-DKERAS_GN_{define}" for define in defines),
         "-shared", "-Xcompiler", "-fPIC", *map(str, SOURCES), "-o", str(output),
     ]
 
 
-def build_harness(nvcc, output, arch="90"):
+def build_harness(nvcc, output, arch="90", defines=()):
     """Compiles the harness; returns (ok, seconds, log). Never raises."""
-    command = harness_command(nvcc, output, arch)
-    start = time.time()
+    return finish_build(start_build(nvcc, output, arch, defines))
+
+
+def start_build(nvcc, output, arch="90", defines=()):
+    """Starts nvcc in the background (builds run side by side); see finish_build."""
+    command = harness_command(nvcc, output, arch, defines)
     try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=600)
-        log, ok = result.stdout + result.stderr, result.returncode == 0
-    except (OSError, subprocess.SubprocessError) as error:
-        log, ok = f"{type(error).__name__}: {error}", False
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    except OSError as error:
+        process = error
+    return command, process, time.time()
+
+
+def finish_build(build):
+    """Waits for start_build's nvcc; returns (ok, seconds, log). Never raises."""
+    command, process, start = build
+    if isinstance(process, OSError):
+        log, ok = f"{type(process).__name__}: {process}", False
+    else:
+        try:
+            log = process.communicate(timeout=600)[0]
+            ok = process.returncode == 0
+        except subprocess.SubprocessError as error:
+            process.kill()
+            log, ok = f"{type(error).__name__}: {error}", False
     return ok, time.time() - start, " ".join(command) + "\n" + log
 
 
@@ -592,6 +614,164 @@ def run_speed(harness, results, save, reps=20):
                   + (f" errors {row['errors']}" if row["errors"] else ""))
 
 
+# ------------------------------------------------- kernels' own times, tuning
+
+
+PROFILE_DTYPES = ("float32", "bfloat16")
+
+
+def speed_inputs(shape, dtype, layout):
+    """x, dy, gamma, beta and the harness's dims for one speed row's layout."""
+    import torch
+
+    torch.manual_seed(0)
+    x = torch.randn(shape, device="cuda", dtype=getattr(torch, dtype))
+    dy = torch.randn_like(x)
+    channels = shape[1]
+    gamma, beta = torch.randn(channels, device="cuda"), torch.randn(channels, device="cuda")
+    if layout == "channels_last":
+        memory_format = torch.channels_last if len(shape) == 4 else torch.channels_last_3d
+        x, dy = x.to(memory_format=memory_format), dy.to(memory_format=memory_format)
+        return x, dy, gamma, beta, (shape[0], math.prod(shape[2:]), channels, 1)
+    return x, dy, gamma, beta, view(shape, False)
+
+
+def kernel_name(name):
+    """'void keras_gn::cuda::(anonymous namespace)::MomentsCL<float, 4>(...)' -> 'MomentsCL<float, 4>'."""
+    head = name.split("(")[0] if "(anonymous" not in name else name.split("::")[-1].split("(")[0]
+    return head.replace("void ", "").strip()
+
+
+def run_profile(harness, results, save, reps=10):
+    """Each kernel's own time (CUPTI, via torch.profiler) in the forward and
+    the backward launchers, beside the launcher's CUDA-event time: where the
+    time goes, and how much of it is between kernels."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    rows = results.setdefault("profile", [])
+    for shape, groups in SPEED_CASES:
+        for dtype in PROFILE_DTYPES:
+            for layout in ("channels_first", "channels_last"):
+                row = {"shape": list(shape), "groups": groups, "dtype": dtype, "layout": layout}
+                try:
+                    x, dy, gamma, beta, dims = speed_inputs(shape, dtype, layout)
+                    fwd, y, mean, rstd = harness.forward_fn(x, gamma, beta, groups, dims, "none", y=torch.empty_like(x))
+                    bwd, *_ = harness.backward_fn(dy, x, gamma, beta, mean, rstd, groups, dims, "none")
+                    for label, fn in (("forward", fwd), ("backward", bwd)):
+                        row[f"{label}_ms"] = median_ms(fn, reps)
+                        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                            for _ in range(reps):
+                                fn()
+                            torch.cuda.synchronize()
+                        kernels = {}
+                        for event in prof.key_averages():
+                            total = getattr(event, "device_time_total", None)
+                            if total is None:
+                                total = getattr(event, "cuda_time_total", 0)
+                            if total and event.count:
+                                kernels[kernel_name(event.key)] = total / 1000.0 / reps  # ms per call
+                        row[f"{label}_kernels_ms"] = kernels
+                    del x, dy, y
+                except Exception as error:
+                    row["error"] = f"{type(error).__name__}: {error}"
+                    row["traceback"] = traceback.format_exc()[-2000:]
+                torch.cuda.empty_cache()
+                rows.append(row)
+                save()
+                parts = []
+                for label in ("forward", "backward"):
+                    if f"{label}_ms" in row:
+                        ks = row.get(f"{label}_kernels_ms", {})
+                        parts.append(f"{label} {row[f'{label}_ms']:.3f} ms = "
+                                     + " + ".join(f"{k} {v:.3f}" for k, v in ks.items()))
+                print(f"profile {tuple(shape)} {dtype} {layout}: " + "; ".join(parts) + (f" ERROR {row['error']}" if "error" in row else ""))
+
+
+def run_tuning(nvcc, arch, variants, build_dir, results, save, reps=20):
+    """Each variant (comma-separated NAME=VALUE tuning macros) built side by
+    side, checked on the quick correctness grid, and timed: the launchers'
+    CUDA-event medians on every speed row, both layouts."""
+    import torch
+
+    builds = []
+    for index, variant in enumerate(variants):
+        defines = tuple(d for d in variant.split(",") if d)
+        library = build_dir / f"libkeras_gn_cuda_variant{index}.so"
+        builds.append((variant, library, start_build(nvcc, library, arch, defines)))
+    rows = results.setdefault("tuning", [])
+    for variant, library, build in builds:
+        ok, seconds, log = finish_build(build)
+        row = {"variant": variant, "build_ok": ok, "build_seconds": seconds, "ms": {}}
+        rows.append(row)
+        if not ok:
+            row["build_log"] = log[-3000:]
+            print(f"tune {variant}: build FAILED\n{log[-3000:]}")
+            save()
+            continue
+        try:
+            harness = Harness(library)
+            checked = {}
+            run_correctness(harness, "cuda", checked, lambda: None, quick=True)
+            row["correctness_pass"] = f"{sum(c['pass'] for c in checked['correctness'])}/{len(checked['correctness'])}"
+            for shape, groups in SPEED_CASES:
+                for dtype in DTYPES:
+                    for layout in ("channels_first", "channels_last"):
+                        x, dy, gamma, beta, dims = speed_inputs(shape, dtype, layout)
+                        fwd, y, mean, rstd = harness.forward_fn(x, gamma, beta, groups, dims, "none", y=torch.empty_like(x))
+                        bwd, *_ = harness.backward_fn(dy, x, gamma, beta, mean, rstd, groups, dims, "none")
+
+                        def both():
+                            fwd()
+                            bwd()
+
+                        key = f"{'x'.join(map(str, shape))} {dtype} {layout}"
+                        row["ms"][key] = {"forward": median_ms(fwd, reps), "forward_backward": median_ms(both, reps)}
+                        del x, dy, y
+                        torch.cuda.empty_cache()
+        except Exception as error:
+            row["error"] = f"{type(error).__name__}: {error}"
+            row["traceback"] = traceback.format_exc()[-2000:]
+        save()
+        total_f = sum(v["forward"] for v in row["ms"].values())
+        total_b = sum(v["forward_backward"] for v in row["ms"].values())
+        print(f"tune {variant or '(defaults)'}: correctness {row.get('correctness_pass')}, "
+              f"sum of forward medians {total_f:.3f} ms, of forward+backward {total_b:.3f} ms"
+              + (f" ERROR {row['error']}" if "error" in row else ""))
+
+
+# ---------------------------------------------------------------- summary
+
+
+def summarize(results):
+    """The speed rows of a results JSON as a markdown table (no GPU needed)."""
+    lines = [
+        f"GPU check of the CUDA kernels: {results['versions'].get('device', '?')}, "
+        f"torch {results['versions'].get('torch', '?')}, started {results.get('started', '?')}. "
+        f"Correctness: {results.get('summary', {}).get('correctness_pass', '?')} cases within tolerance, "
+        f"tensor over 2**31 elements: {'pass' if results.get('summary', {}).get('large_tensor_pass') else 'not passed'}.",
+        "",
+        "Medians of CUDA-event times (ms); `x torch`: torch.nn.functional.group_norm's time over keras_gn's "
+        "on the same memory layout (above 1: keras_gn faster); `% copy`: a device-to-device copy of x "
+        "over keras_gn's forward (the bandwidth floor of a pass that reads x and writes y once).",
+        "",
+        "| shape | dtype | layout | copy | forward | x torch | % copy | forward + backward | x torch |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in results.get("speed", []):
+        ms = row["ms"]
+        for layout in ("channels_first", "channels_last"):
+            f, fb = ms.get(f"keras_gn_forward_{layout}"), ms.get(f"keras_gn_forward_backward_{layout}")
+            tf_, tfb = ms.get(f"torch_forward_{layout}"), ms.get(f"torch_forward_backward_{layout}")
+            if f is None or fb is None:
+                continue
+            ratio = lambda theirs, ours: f"{theirs / ours:.2f}" if theirs else "-"
+            lines.append(
+                f"| {tuple(row['shape'])} | {row['dtype']} | {layout.replace('_', '-')} | {ms['copy']:.3f} | "
+                f"{f:.3f} | {ratio(tf_, f)} | {100 * ms['copy'] / f:.0f} | {fb:.3f} | {ratio(tfb, fb)} |")
+    return "\n".join(lines) + "\n"
+
+
 # ------------------------------------------------------------------- main
 
 
@@ -650,9 +830,16 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="fewer correctness cases")
     parser.add_argument("--skip-large", action="store_true", help="skip the >2**31-element tensor")
     parser.add_argument("--dry-run", action="store_true", help="CPU only: see the module docstring")
+    parser.add_argument("--profile", action="store_true", help="each kernel's own time (torch.profiler)")
+    parser.add_argument("--summarize", metavar="JSON", help="print a results JSON's speed table as markdown and exit")
+    parser.add_argument("--tune", nargs="*", default=[], metavar="NAME=VALUE,...",
+                        help="also build and time these variants of the tuning macros ('' = defaults)")
     args = parser.parse_args(argv)
     if args.dry_run:
         return dry_run()
+    if args.summarize:
+        print(summarize(json.loads(pathlib.Path(args.summarize).read_text())), end="")
+        return 0
 
     out_dir = pathlib.Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -684,6 +871,10 @@ def main(argv=None):
     if not args.skip_large:
         stages.append(("large_tensor", lambda h: run_large(h, results, save)))
     stages.append(("speed", lambda h: run_speed(h, results, save, args.reps)))
+    if args.profile:
+        stages.append(("profile", lambda h: run_profile(h, results, save)))
+    if args.tune:
+        stages.append(("tuning", lambda h: run_tuning(nvcc, args.arch, args.tune, build_dir, results, save, args.reps)))
     try:
         harness = Harness(library)
     except OSError as error:

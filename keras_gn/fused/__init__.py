@@ -17,12 +17,14 @@ from keras_gn.fused.builder import build
 
 ACTIVATIONS = ("none", "relu", "silu")
 
-# The CUDA kernels (custom_ops/group_norm_kernels.cu) compile and register,
-# but have not yet been run on a GPU (benchmarks/gpu/run.sh checks them).
-# Until that check has passed, implementation="auto" keeps the composite
-# recipe on GPUs; implementation="fused" uses the kernels. Set to True once
-# the GPU check passes.
-CUDA_KERNELS_VERIFIED = False
+# The CUDA kernels (custom_ops/group_norm_kernels.cu) passed the GPU check
+# on an H200 through their C ABI (benchmarks/gpu/run.sh, no TensorFlow there:
+# benchmarks/results/gpu_group_norm.md). The op's TensorFlow GPU kernels call
+# the same launchers on TensorFlow's stream and allocator; they compile and
+# register (tests/keras_gn/fused/test_cuda_build.py) but have not yet run in
+# TensorFlow on a GPU. Until they have, implementation="auto" keeps the
+# composite recipe on GPUs and implementation="fused" uses the op.
+TENSORFLOW_GPU_OP_VERIFIED = False
 
 _logger = logging.getLogger("keras_gn")
 _state = {"module": None, "error": None, "tried": False, "cuda": False}

@@ -100,7 +100,7 @@ def test_on_a_gpu_without_nvcc_the_layer_falls_back_with_one_log_line(tmp_path):
         fused.gpu_visible = lambda: True
         ops._gpu_visible = lambda: True
         x = np.random.default_rng(0).normal(size=(2, 4, 4, 8)).astype("float32")
-        y = keras_gn.GroupNormalization(groups=2)(x)  # auto: composite until the kernels are verified
+        y = keras_gn.GroupNormalization(groups=2)(x)  # auto: composite until the op has run in TensorFlow on a GPU
         assert not fused._state["tried"]
         for _ in range(3):
             try:

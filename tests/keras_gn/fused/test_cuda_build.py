@@ -3,8 +3,8 @@ needed: the op library compiled with them registers GPU kernels for both ops
 and every dtype, its CPU kernels still compute GN, the C-ABI harness of the
 GPU check compiles and loads, and the GPU check's driver runs on the CPU.
 
-None of this runs a CUDA kernel: the GPU path is verified only by
-benchmarks/gpu/run.sh on a GPU.
+None of this runs a CUDA kernel: the kernels are checked by
+benchmarks/gpu/run.sh on a GPU (benchmarks/results/gpu_group_norm.md).
 
 The nvcc is the builder's (`find_nvcc`: one of TensorFlow's CUDA major
 version). Where there is none but another nvcc exists (e.g. CUDA 13 against
@@ -134,3 +134,12 @@ def test_gpu_check_dry_run():
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "dry run passed" in result.stdout
+
+
+def test_gpu_check_tuning_variant_compiles(tmp_path):
+    nvcc, _ = _nvcc()
+    check = _gpu_check_module()
+    defines = ("REDUCE_MAX_ITERS=4", "REDUCE_TARGET_BLOCKS=64", "ELEMENTWISE_MAX_ITERS=2", "ELEMENTWISE_TARGET_BLOCKS=32")
+    ok, _, log = check.build_harness(nvcc, tmp_path / "variant.so", arch=ARCHS[0], defines=defines)
+    assert ok, log[-4000:]
+    check.Harness(tmp_path / "variant.so")
