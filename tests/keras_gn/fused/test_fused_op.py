@@ -117,6 +117,59 @@ def test_gradients_match_finite_differences(axis, activation):
         np.testing.assert_allclose(a, n, rtol=0, atol=1e-2 * max(1.0, np.abs(n).max()))
 
 
+@pytest.mark.parametrize("axis", [-1, 1])
+def test_bfloat16_output_is_the_float32_result_rounded_as_tensorflow_rounds(axis):
+    # The bfloat16 kernel converts by bit arithmetic (to vectorize); its
+    # output must be the float32 computation rounded to nearest even, as
+    # tf.cast rounds. The float32 op on the same values computes the same
+    # float32 numbers up to summation order, so at most 1 ulp apart and
+    # almost all bit for bit.
+    shape = (2, 64, 5, 7) if axis == 1 else (2, 5, 7, 64)
+    x, gamma, beta = random_inputs(shape, axis, tf.bfloat16, seed=3)
+    y16 = fused_gn(x, gamma, beta, 8, axis)
+    y32 = tf.cast(fused_gn(tf.cast(x, tf.float32), gamma, beta, 8, axis), tf.bfloat16)
+    bits16 = tf.bitcast(y16, tf.int16).numpy().astype(np.int32)
+    bits32 = tf.bitcast(y32, tf.int16).numpy().astype(np.int32)
+    assert np.abs(bits16 - bits32).max() <= 1
+    assert np.mean(bits16 == bits32) > 0.99
+
+
+@pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16, tf.float16], ids=lambda d: d.name)
+@pytest.mark.parametrize("axis", [-1, 1])
+def test_a_nan_stays_in_its_group(axis, dtype):
+    shape = (2, 32, 4, 4) if axis == 1 else (2, 4, 4, 32)
+    x, gamma, beta = random_inputs(shape, axis, dtype, seed=4)
+    values = x.numpy()
+    index = (1, 5, 2, 3) if axis == 1 else (1, 2, 3, 5)  # sample 1, channel 5: group 1 of 4
+    values[index] = np.nan
+    y = np.asarray(tf.cast(fused_gn(tf.constant(values), gamma, beta, 4, axis), tf.float32))
+    channels_first = y if axis == 1 else np.moveaxis(y, -1, 1)
+    assert np.all(np.isnan(channels_first[1, 0:8]))
+    assert np.all(np.isfinite(channels_first[0])) and np.all(np.isfinite(channels_first[1, 8:]))
+
+
+@pytest.mark.parametrize("dtype", [tf.bfloat16, tf.float16], ids=lambda d: d.name)
+@pytest.mark.parametrize("axis", [-1, 1])
+def test_half_precision_gradients_match_the_reference(axis, dtype):
+    shape = (2, 32, 6, 5) if axis == 1 else (2, 6, 5, 32)
+    x, gamma, beta = random_inputs(shape, axis, dtype, seed=5)
+    dy = tf.cast(np.random.default_rng(8).normal(size=shape), dtype)
+    with tf.GradientTape() as tape:
+        tape.watch([x, gamma, beta])
+        y = fused_gn(x, gamma, beta, 8, axis)
+    dx, dgamma, dbeta = tape.gradient(y, [x, gamma, beta], output_gradients=dy)
+    assert dx.dtype == dtype
+    x64, dy64 = (np.asarray(tf.cast(t, tf.float64)) for t in (x, dy))
+    want_dx, want_dgamma, want_dbeta = reference.group_norm_grads(
+        x64, np.asarray(gamma, np.float64), np.asarray(beta, np.float64), dy64, groups=8, axis=axis)
+    tol = TOLERANCES[dtype]
+    scale = np.abs(want_dx).max()
+    np.testing.assert_allclose(np.asarray(tf.cast(dx, tf.float64)), want_dx, rtol=tol["rtol"], atol=tol["atol"] * scale)
+    # dgamma / dbeta: float32 sums of exactly represented inputs
+    np.testing.assert_allclose(dgamma, want_dgamma, rtol=1e-4, atol=1e-4 * np.abs(want_dgamma).max())
+    np.testing.assert_allclose(dbeta, want_dbeta, rtol=1e-4, atol=1e-4 * np.abs(want_dbeta).max())
+
+
 def test_large_offset_and_float16_near_max():
     x = tf.constant(1e4 + np.random.default_rng(6).normal(size=(2, 8, 8, 32)), tf.float32)
     ones, zeros = tf.ones(32), tf.zeros(32)
