@@ -2,7 +2,6 @@
 tuning variants, builds that fail without raising, the kernel names of the
 profile, and the markdown summary of a results file (the committed one)."""
 
-import importlib.util
 import json
 import pathlib
 import stat
@@ -13,12 +12,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results" / "gpu_group_norm.json"
 
 
-@pytest.fixture(scope="module")
-def check():
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu" / "check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture
+def check(gpu_check):
+    return gpu_check
 
 
 def test_variant_defines_become_prefixed_macros(check):

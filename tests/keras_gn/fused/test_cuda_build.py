@@ -12,7 +12,6 @@ TensorFlow's CUDA 12), that one compiles the same sources: a compile and
 registration check, not a library the builder would use.
 """
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -43,13 +42,6 @@ def _nvcc():
     if not others:
         pytest.skip(f"no nvcc: {reason}")
     return others[0], f"compile check only ({reason})"
-
-
-def _gpu_check_module():
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu" / "check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_cuda_op_library_registers_gpu_kernels_and_keeps_cpu_kernels(tmp_path):
@@ -114,9 +106,9 @@ def test_cuda_build_failure_is_a_build_error_with_nvccs_message(monkeypatch, tmp
     assert not [p for p in (tmp_path / "cache" / "ops").glob("*") if p.is_file()]
 
 
-def test_gpu_check_harness_compiles_and_loads(tmp_path):
+def test_gpu_check_harness_compiles_and_loads(tmp_path, gpu_check):
     nvcc, _ = _nvcc()
-    check = _gpu_check_module()
+    check = gpu_check
     library = tmp_path / "libkeras_gn_cuda.so"
     ok, seconds, log = check.build_harness(nvcc, library, arch=ARCHS[0])
     assert ok, log[-4000:]
@@ -136,9 +128,9 @@ def test_gpu_check_dry_run():
     assert "dry run passed" in result.stdout
 
 
-def test_gpu_check_tuning_variant_compiles(tmp_path):
+def test_gpu_check_tuning_variant_compiles(tmp_path, gpu_check):
     nvcc, _ = _nvcc()
-    check = _gpu_check_module()
+    check = gpu_check
     defines = ("REDUCE_MAX_ITERS=4", "REDUCE_TARGET_BLOCKS=64", "ELEMENTWISE_MAX_ITERS=2", "ELEMENTWISE_TARGET_BLOCKS=32")
     ok, _, log = check.build_harness(nvcc, tmp_path / "variant.so", arch=ARCHS[0], defines=defines)
     assert ok, log[-4000:]
