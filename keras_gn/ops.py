@@ -227,8 +227,8 @@ def resolve_implementation(implementation, x, axis, name="GroupNormalization"):
 
     "auto" is "fused" wherever the op can run (see
     `fused_unsupported_reason`), "composite" elsewhere; "fused" insists.
-    Where a GPU is visible, "auto" stays "composite" until the op's CUDA
-    kernels have run in TensorFlow on a GPU (`fused.TENSORFLOW_GPU_OP_VERIFIED`).
+    Where a GPU is visible, "auto" stays "composite" until the op has been
+    verified on this machine's GPU (`fused.gpu_op_verified`).
 
     Raises:
         ValueError: for "fused" where the op cannot run, or an unknown value.
@@ -239,7 +239,7 @@ def resolve_implementation(implementation, x, axis, name="GroupNormalization"):
     if implementation == "auto" and _gpu_visible():
         from keras_gn import fused
 
-        if not fused.TENSORFLOW_GPU_OP_VERIFIED:  # opt in with "fused"
+        if not fused.gpu_op_verified():  # else opt in with "fused"
             return "composite"
     reason = fused_unsupported_reason(x, axis)
     if reason is None:

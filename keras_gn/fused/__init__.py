@@ -22,12 +22,13 @@ ACTIVATIONS = ("none", "relu", "silu")
 # benchmarks/results/gpu_group_norm.md). The op's TensorFlow GPU kernels call
 # the same launchers on TensorFlow's stream and allocator; they compile and
 # register (tests/keras_gn/fused/test_cuda_build.py) but have not yet run in
-# TensorFlow on a GPU. Until they have, implementation="auto" keeps the
-# composite recipe on GPUs and implementation="fused" uses the op.
+# TensorFlow on a GPU here. Until then implementation="auto" keeps the
+# composite recipe on GPUs, unless `python -m keras_gn.fused verify` has
+# passed on this machine's GPU (`gpu_op_verified`); "fused" uses the op.
 TENSORFLOW_GPU_OP_VERIFIED = False
 
 _logger = logging.getLogger("keras_gn")
-_state = {"module": None, "error": None, "tried": False, "cuda": False}
+_state = {"module": None, "error": None, "tried": False, "cuda": False, "path": None}
 
 
 def gpu_visible():
@@ -48,7 +49,9 @@ def load():
         _state["tried"] = True
         cuda = _state["cuda"] = gpu_visible()
         try:
-            _state["module"] = tf.load_op_library(str(build(cuda=cuda)))
+            path = build(cuda=cuda)
+            _state["module"] = tf.load_op_library(str(path))
+            _state["path"] = path
         except (BuildError, OSError, tf.errors.OpError) as error:
             _state["error"] = str(error)
             if cuda:
@@ -66,6 +69,25 @@ def load():
                     str(error).splitlines()[0],
                 )
     return _state["module"]
+
+
+def gpu_op_verified():
+    """Whether `implementation="auto"` may use the op on the visible GPUs:
+    `TENSORFLOW_GPU_OP_VERIFIED`, or a passing `python -m keras_gn.fused
+    verify` record for the library loaded here and every visible GPU model.
+    Decided once per process; builds the library only where a record exists.
+    """
+    if TENSORFLOW_GPU_OP_VERIFIED:
+        return True
+    if "gpu_verified" not in _state:
+        from keras_gn.fused import verify
+
+        names = verify.gpu_names()
+        verified = False
+        if names and set(names) <= verify.recorded_devices():
+            verified = load() is not None and _state["cuda"] and verify.is_verified(_state["path"], names)
+        _state["gpu_verified"] = verified
+    return _state["gpu_verified"]
 
 
 def has_gpu_kernels():

@@ -16,6 +16,7 @@ import tensorflow as tf
 import keras_gn
 from keras_gn import fused
 from keras_gn import ops
+from keras_gn.fused import verify
 from tests import reference
 
 pytestmark = pytest.mark.skipif(
@@ -23,11 +24,11 @@ pytestmark = pytest.mark.skipif(
 )
 
 # Fused vs float64 reference on outputs of order 1, per input dtype: the
-# float32 kernel to 1e-5 relative; half precision to about two output ulps.
+# float32 kernel to 1e-5 relative; half precision to about two output ulps
+# (the tolerances `python -m keras_gn.fused verify` applies on a GPU).
 TOLERANCES = {
-    tf.float32: dict(rtol=1e-5, atol=1e-5),
-    tf.float16: dict(rtol=2e-3, atol=4e-3),
-    tf.bfloat16: dict(rtol=1.6e-2, atol=3e-2),
+    getattr(tf, dtype): dict(rtol=limits["y"][0], atol=limits["y"][1])
+    for dtype, limits in verify.TOLERANCES.items()
 }
 ACTIVATIONS = {None: lambda y: y, "relu": lambda y: np.maximum(y, 0), "silu": lambda y: y / (1 + np.exp(-y))}
 SHAPES = [
