@@ -11,6 +11,8 @@
 //             3. per (sample, group): combine the channels, write mean/rstd
 //                and a per-(sample, channel) table (ref, mean, rstd * gamma, beta)
 //             4. tile elementwise pass: y = act(((x - ref) - mean) * scale + beta)
+//             (channels-first groups that fit in shared memory: one block per
+//             group does all of it in one read of x, GroupForwardCF)
 //   backward: 1. tile reduction -> per-(sample, channel, chunk) sums of dz and
 //                dz * xhat (dz = dy * act'(z))
 //             2. per (sample, channel): add the chunks (float64)
@@ -68,6 +70,11 @@ namespace {
 #endif
 #ifndef KERAS_GN_ELEMENTWISE_TARGET_BLOCKS
 #define KERAS_GN_ELEMENTWISE_TARGET_BLOCKS 528
+#endif
+// Channels-first forward in one pass where a group's slice takes at most
+// this many bytes (0: never): see GroupForwardCF.
+#ifndef KERAS_GN_SINGLE_PASS_BYTES
+#define KERAS_GN_SINGLE_PASS_BYTES (112 * 1024)
 #endif
 
 constexpr int kThreads = 256;  // per tile block
@@ -554,6 +561,132 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// ------------------------------------------------ channels-first, one pass
+//
+// One block per (sample, group): the group's contiguous slice of L =
+// group_size * S values is loaded once into shared memory while each thread
+// sums its values (shifted by its first one), the block combines the
+// threads' moments (Chan: float32 within a warp, float64 across warps), and
+// the normalization reads the slice back from shared memory: x is read from
+// memory once instead of twice. Same numerics and outputs as the tile path.
+
+#ifndef KERAS_GN_GROUP_THREADS
+#define KERAS_GN_GROUP_THREADS 512
+#endif
+constexpr int kGroupThreads = KERAS_GN_GROUP_THREADS;
+constexpr size_t kSinglePassBytes = KERAS_GN_SINGLE_PASS_BYTES;
+
+template <typename T, int V, int A>
+__global__ void __launch_bounds__(kGroupThreads)
+    GroupForwardCF(const T* __restrict__ x, const float* __restrict__ gamma,
+                   const float* __restrict__ beta, int64_t C, int64_t S, int64_t G, float epsilon,
+                   T* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out) {
+  extern __shared__ __align__(16) unsigned char group_cache[];
+  T* cache = reinterpret_cast<T*>(group_cache);
+  __shared__ double warp_n[kGroupThreads / 32], warp_m[kGroupThreads / 32],
+      warp_q[kGroupThreads / 32];
+  __shared__ float group_mean, group_rstd;
+  const int64_t group = blockIdx.x;  // n * G + g
+  const int64_t group_size = C / G, L = group_size * S, vectors = L / V;
+  const T* xg = x + group * L;
+  T* yg = y + group * L;
+  const float ref = ToFloat(xg[0]);
+
+  float shift = 0.0f, s1 = 0.0f, s2 = 0.0f, count = 0.0f;
+  if (threadIdx.x < vectors) shift = ToFloat(xg[static_cast<int64_t>(threadIdx.x) * V]);
+  for (int64_t i = threadIdx.x; i < vectors; i += blockDim.x) {
+    const Pack<T, V> pack = Load<T, V>(xg + i * V);
+    Store<T, V>(cache + i * V, pack);
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      const float d = ToFloat(pack.v[j]) - shift;
+      s1 += d;
+      s2 = fmaf(d, d, s2);
+    }
+    count += static_cast<float>(V);
+  }
+  float mean, m2;
+  ToMoments(count, shift, ref, s1, s2, &mean, &m2);
+  RowCombine(count, mean, m2, 32);  // lane 0 of each warp: the warp's moments
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) {
+    warp_n[warp] = count;
+    warp_m[warp] = mean;
+    warp_q[warp] = m2;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double n = 0.0, m = 0.0, q = 0.0;
+    for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) {
+      Combine(n, m, q, warp_n[w], warp_m[w], warp_q[w]);
+    }
+    const float r = static_cast<float>(1.0 / sqrt(q / n + static_cast<double>(epsilon)));
+    group_mean = static_cast<float>(m);
+    group_rstd = r;
+    mean_out[group] = group_mean;
+    rstd_out[group] = r;
+  }
+  __syncthreads();
+  const float rel = group_mean, r = group_rstd;
+  const int64_t c0 = (group % G) * group_size;
+  for (int64_t i = threadIdx.x; i < vectors; i += blockDim.x) {
+    const int64_t c = c0 + (i * V) / S;  // S % V == 0: a vector lies in one channel
+    const float scale = r * gamma[c], shift_c = beta[c];
+    const Pack<T, V> pack = Load<T, V>(cache + i * V);
+    Pack<T, V> out;
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      out.v[j] = FromFloat<T>(Activate<A>(((ToFloat(pack.v[j]) - ref) - rel) * scale + shift_c));
+    }
+    Store<T, V>(yg + i * V, out);
+  }
+}
+
+// The largest slice the one-pass kernel takes on the current device:
+// KERAS_GN_SINGLE_PASS_BYTES, within the device's opt-in shared memory per
+// block (less the kernel's static shared memory); 0 where unknown.
+size_t SinglePassLimit() {
+  int device = 0, optin = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) !=
+          cudaSuccess) {
+    cudaGetLastError();  // clear it: the tile path runs instead
+    return 0;
+  }
+  return std::min(kSinglePassBytes, static_cast<size_t>(std::max(0, optin - 1024)));
+}
+
+size_t GroupSliceBytes(const Shape& s, size_t element_bytes) {
+  return static_cast<size_t>(s.c / s.groups) * static_cast<size_t>(s.b) * element_bytes;
+}
+
+// Whether the channels-first one-pass kernel takes this forward.
+bool SinglePass(const Shape& s, size_t element_bytes, size_t limit) {
+  const size_t bytes = GroupSliceBytes(s, element_bytes);
+  return s.b != 1 && s.a == 1 && bytes > 0 && bytes <= limit && s.n * s.groups <= 0x7fffffff;
+}
+
+template <typename T, int V>
+cudaError_t LaunchSinglePass(const Shape& s, size_t limit, Activation activation, float epsilon,
+                             const T* x, const float* gamma, const float* beta, T* y, float* mean,
+                             float* rstd, cudaStream_t stream) {
+  const size_t bytes = GroupSliceBytes(s, sizeof(T));
+  const dim3 grid(static_cast<unsigned>(s.n * s.groups));
+  auto launch = [&](auto kernel) {
+    cudaError_t error = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             static_cast<int>(limit));
+    if (error != cudaSuccess) return error;
+    kernel<<<grid, kGroupThreads, bytes, stream>>>(x, gamma, beta, s.c, s.b, s.groups, epsilon, y,
+                                                   mean, rstd);
+    return cudaGetLastError();
+  };
+  switch (activation) {
+    case Activation::kRelu: return launch(GroupForwardCF<T, V, 1>);
+    case Activation::kSilu: return launch(GroupForwardCF<T, V, 2>);
+    default: return launch(GroupForwardCF<T, V, 0>);
+  }
+}
+
 // --------------------------------------------------------------- finalize
 //
 // Partials of (n, c, part) at partial[n * C * parts + c * stride_c + part * stride_p]:
@@ -873,6 +1006,13 @@ cudaError_t ForwardTyped(const Shape& s, DType dtype, Activation activation, flo
   T* yt = static_cast<T*>(y);
   char* ws = static_cast<char*>(workspace);
   constexpr int kVec = 16 / sizeof(T);
+  const size_t limit = kSinglePassBytes > 0 && s.b != 1 ? SinglePassLimit() : 0;
+  if (SinglePass(s, sizeof(T), limit)) {
+    return vec == kVec ? LaunchSinglePass<T, kVec>(s, limit, activation, epsilon, xt, gamma, beta,
+                                                   yt, mean, rstd, stream)
+                       : LaunchSinglePass<T, 1>(s, limit, activation, epsilon, xt, gamma, beta,
+                                                yt, mean, rstd, stream);
+  }
   if (vec == kVec) {
     Forward<T, kVec>(s, p, e, l, activation, epsilon, xt, gamma, beta, yt, mean, rstd, ws, stream);
   } else {
