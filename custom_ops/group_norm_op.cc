@@ -113,17 +113,49 @@ inline float ActivationGrad(float z) {
 // float16 keeps Eigen::half: the same treatment (exact bit conversions with
 // selects) vectorized in isolation but made the op 2x slower, and GCC 12
 // does not vectorize _Float16 without AVX512-FP16. float16 runs about 3x
-// slower than float32 (open).
-enum class BFloat16Bits : uint16_t {};
+// slower than float32 (open). Compilers without __builtin_bit_cast (GCC
+// before 11), or -DKERAS_GN_NO_BFLOAT16_BITS, keep Eigen's bfloat16 too:
+// the same results, slower.
+#if defined(__has_builtin) && !defined(KERAS_GN_NO_BFLOAT16_BITS)
+#if __has_builtin(__builtin_bit_cast)
+#define KERAS_GN_BFLOAT16_BITS 1
+#endif
+#endif
 
 template <typename T>
 struct Storage {
   using type = T;
 };
+
+inline float ToFloat(float v) { return v; }
+inline float ToFloat(Eigen::half v) { return static_cast<float>(v); }
+inline float ToFloat(Eigen::bfloat16 v) { return static_cast<float>(v); }
+
+template <typename S>
+inline S FromFloat(float f) {
+  return static_cast<S>(f);
+}
+
+#ifdef KERAS_GN_BFLOAT16_BITS
+enum class BFloat16Bits : uint16_t {};
+
 template <>
 struct Storage<Eigen::bfloat16> {
   using type = BFloat16Bits;
 };
+
+inline float ToFloat(BFloat16Bits v) {
+  return __builtin_bit_cast(float, static_cast<uint32_t>(v) << 16);
+}
+
+template <>
+inline BFloat16Bits FromFloat<BFloat16Bits>(float f) {
+  const uint32_t u = __builtin_bit_cast(uint32_t, f);
+  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  const uint32_t quiet_nan = (u >> 16) | 0x40u;
+  return static_cast<BFloat16Bits>((u & 0x7FFFFFFFu) > 0x7F800000u ? quiet_nan : rounded);
+}
+#endif
 
 template <typename T>
 const typename Storage<T>::type* Elements(const Tensor& t) {
@@ -132,24 +164,6 @@ const typename Storage<T>::type* Elements(const Tensor& t) {
 template <typename T>
 typename Storage<T>::type* Elements(Tensor* t) {
   return reinterpret_cast<typename Storage<T>::type*>(t->flat<T>().data());
-}
-
-inline float ToFloat(float v) { return v; }
-inline float ToFloat(Eigen::half v) { return static_cast<float>(v); }
-inline float ToFloat(BFloat16Bits v) {
-  return __builtin_bit_cast(float, static_cast<uint32_t>(v) << 16);
-}
-
-template <typename S>
-inline S FromFloat(float f) {
-  return static_cast<S>(f);
-}
-template <>
-inline BFloat16Bits FromFloat<BFloat16Bits>(float f) {
-  const uint32_t u = __builtin_bit_cast(uint32_t, f);
-  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-  const uint32_t quiet_nan = (u >> 16) | 0x40u;
-  return static_cast<BFloat16Bits>((u & 0x7FFFFFFFu) > 0x7F800000u ? quiet_nan : rounded);
 }
 
 // The tensor seen as [N, S, C] (channels last) or [N, C, S].
