@@ -161,6 +161,25 @@ __device__ __forceinline__ void Combine(F& na, F& ma, F& qa, F nb, F mb, F qb) {
   na = n;
 }
 
+// s1 += sum(v - shift), s2 += sum((v - shift)^2) over one pack.
+template <typename T, int V>
+__device__ __forceinline__ void AddShifted(const Pack<T, V>& pack, float shift, float& s1,
+                                           float& s2) {
+#pragma unroll
+  for (int j = 0; j < V; ++j) {
+    const float d = ToFloat(pack.v[j]) - shift;
+    s1 += d;
+    s2 = fmaf(d, d, s2);
+  }
+}
+
+// act(((v - ref) - mean) * scale + beta): mean relative to ref, scale = rstd * gamma.
+template <int A>
+__device__ __forceinline__ float Normalized(float v, float ref, float mean, float scale,
+                                            float beta) {
+  return Activate<A>(((v - ref) - mean) * scale + beta);
+}
+
 // Shifted sums of one thread -> mean relative to ref, M2.
 __device__ __forceinline__ void ToMoments(float count, float shift, float ref, float s1,
                                           float s2, float* mean, float* m2) {
@@ -284,8 +303,7 @@ __global__ void __launch_bounds__(kThreads)
     Pack<T, V> out;
 #pragma unroll
     for (int j = 0; j < V; ++j) {
-      const float z = ((ToFloat(p.v[j]) - k[j].x) - k[j].y) * k[j].z + k[j].w;
-      out.v[j] = FromFloat<T>(Activate<A>(z));
+      out.v[j] = FromFloat<T>(Normalized<A>(ToFloat(p.v[j]), k[j].x, k[j].y, k[j].z, k[j].w));
     }
     Store<T, V>(y + base + r * C, out);
   }
@@ -470,13 +488,7 @@ __global__ void __launch_bounds__(kThreads)
     if (t.col0 + tx * V < t.col_end) shift = ToFloat(xr[t.col0 + tx * V]);
 #pragma unroll 4
     for (int64_t col = t.col0 + tx * V; col < t.col_end; col += TX * V) {
-      const Pack<T, V> p = Load<T, V>(xr + col);
-#pragma unroll
-      for (int j = 0; j < V; ++j) {
-        const float d = ToFloat(p.v[j]) - shift;
-        s1 += d;
-        s2 = fmaf(d, d, s2);
-      }
+      AddShifted(Load<T, V>(xr + col), shift, s1, s2);
       count += static_cast<float>(V);
     }
   }
@@ -500,7 +512,7 @@ __global__ void __launch_bounds__(kThreads)
     Pack<T, V> out;
 #pragma unroll
     for (int j = 0; j < V; ++j) {
-      out.v[j] = FromFloat<T>(Activate<A>(((ToFloat(p.v[j]) - k.x) - k.y) * k.z + k.w));
+      out.v[j] = FromFloat<T>(Normalized<A>(ToFloat(p.v[j]), k.x, k.y, k.z, k.w));
     }
     Store<T, V>(y + base + col, out);
   }
@@ -597,12 +609,7 @@ __global__ void __launch_bounds__(kGroupThreads)
   for (int64_t i = threadIdx.x; i < vectors; i += blockDim.x) {
     const Pack<T, V> pack = Load<T, V>(xg + i * V);
     Store<T, V>(cache + i * V, pack);
-#pragma unroll
-    for (int j = 0; j < V; ++j) {
-      const float d = ToFloat(pack.v[j]) - shift;
-      s1 += d;
-      s2 = fmaf(d, d, s2);
-    }
+    AddShifted(pack, shift, s1, s2);
     count += static_cast<float>(V);
   }
   float mean, m2;
@@ -636,7 +643,7 @@ __global__ void __launch_bounds__(kGroupThreads)
     Pack<T, V> out;
 #pragma unroll
     for (int j = 0; j < V; ++j) {
-      out.v[j] = FromFloat<T>(Activate<A>(((ToFloat(pack.v[j]) - ref) - rel) * scale + shift_c));
+      out.v[j] = FromFloat<T>(Normalized<A>(ToFloat(pack.v[j]), ref, rel, scale, shift_c));
     }
     Store<T, V>(yg + i * V, out);
   }
@@ -692,32 +699,9 @@ cudaError_t LaunchSinglePass(const Shape& s, size_t limit, Activation activation
 // Partials of (n, c, part) at partial[n * C * parts + c * stride_c + part * stride_p]:
 // channels-last stride_c = 1, stride_p = C; channels-first stride_c = parts, stride_p = 1.
 
-// The moments of chunks k0, k0 + step, ... of one (n, c) (partials p[k * stride_p])
-// combined in float64; chunk k holds min(chunk, len - k * chunk) values.
-__device__ __forceinline__ void ChunkMoments(const float2* __restrict__ p, int64_t k0,
-                                             int64_t step, int64_t parts, int64_t stride_p,
-                                             int64_t len, int64_t chunk, double& count,
-                                             double& mean, double& m2) {
-  for (int64_t k = k0; k < parts; k += step) {
-    const float2 v = p[k * stride_p];
-    Combine(count, mean, m2, static_cast<double>(min(chunk, len - k * chunk)),
-            static_cast<double>(v.x), static_cast<double>(v.y));
-  }
-}
-
-// The chunks' sums of one (n, c), as ChunkMoments.
-__device__ __forceinline__ void ChunkSums(const float2* __restrict__ p, int64_t k0, int64_t step,
-                                          int64_t parts, int64_t stride_p, double& a,
-                                          double& b) {
-  for (int64_t k = k0; k < parts; k += step) {
-    const float2 v = p[k * stride_p];
-    a += v.x;
-    b += v.y;
-  }
-}
-
-// One warp per (n, c): lanes take every 32nd chunk, then a butterfly; lane
-// 0's result is kept (fixed order: reproducible). A thread per (n, c) would
+// One warp per (n, c): the chunks' moments combined (float64); part k holds
+// min(chunk, len - k * chunk) values. Lanes take every 32nd chunk, then a
+// butterfly; lane 0's result is kept (fixed order: reproducible). A thread per (n, c) would
 // coalesce the channels-last loads, but leaves too few threads where N * C is
 // small (measured: 3x slower on (2, 32, 64, 64, 64)).
 __global__ void ChannelMoments(const float2* __restrict__ partial, int64_t NC, int64_t C,
@@ -727,9 +711,13 @@ __global__ void ChannelMoments(const float2* __restrict__ partial, int64_t NC, i
   const int lane = threadIdx.x % 32;
   if (i >= NC) return;  // whole warps
   const int64_t n = i / C, c = i - n * C;
+  const float2* p = partial + n * C * parts + c * stride_c;
   double count = 0.0, mean = 0.0, m2 = 0.0;
-  ChunkMoments(partial + n * C * parts + c * stride_c, lane, 32, parts, stride_p, len, chunk,
-               count, mean, m2);
+  for (int64_t k = lane; k < parts; k += 32) {
+    const float2 v = p[k * stride_p];
+    Combine(count, mean, m2, static_cast<double>(min(chunk, len - k * chunk)),
+            static_cast<double>(v.x), static_cast<double>(v.y));
+  }
   for (int offset = 16; offset > 0; offset /= 2) {
     const double nb = __shfl_xor_sync(0xffffffffu, count, offset);
     const double mb = __shfl_xor_sync(0xffffffffu, mean, offset);
@@ -739,7 +727,7 @@ __global__ void ChannelMoments(const float2* __restrict__ partial, int64_t NC, i
   if (lane == 0) channel[i] = make_double2(mean, m2);
 }
 
-// One warp per (n, c): the chunks' sums added (float64), as ChannelMoments.
+// One warp per (n, c): the chunks' sums added (float64).
 __global__ void ChannelSums(const float2* __restrict__ partial, int64_t NC, int64_t C,
                             int64_t parts, int64_t stride_c, int64_t stride_p,
                             double2* __restrict__ channel) {
@@ -747,8 +735,13 @@ __global__ void ChannelSums(const float2* __restrict__ partial, int64_t NC, int6
   const int lane = threadIdx.x % 32;
   if (i >= NC) return;
   const int64_t n = i / C, c = i - n * C;
+  const float2* p = partial + n * C * parts + c * stride_c;
   double a = 0.0, b = 0.0;
-  ChunkSums(partial + n * C * parts + c * stride_c, lane, 32, parts, stride_p, a, b);
+  for (int64_t k = lane; k < parts; k += 32) {
+    const float2 v = p[k * stride_p];
+    a += v.x;
+    b += v.y;
+  }
   for (int offset = 16; offset > 0; offset /= 2) {
     a += __shfl_xor_sync(0xffffffffu, a, offset);
     b += __shfl_xor_sync(0xffffffffu, b, offset);
