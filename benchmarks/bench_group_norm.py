@@ -63,7 +63,6 @@ SHAPES = [
 GROUPS = 32
 EPSILON = 1e-5
 DTYPES = ("float32", "bfloat16")
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
 
 
 def median_ms(fn, repeats):
@@ -167,7 +166,7 @@ def run(shapes, layouts, repeats, dtypes=DTYPES):
     for base_shape, dtype, layout in cases:
         shape = base_shape if layout == "channels_last" else channels_first(base_shape)
         axis = -1 if layout == "channels_last" else 1
-        nbytes = DTYPE_BYTES[dtype] * int(np.prod(shape))
+        nbytes = tf.as_dtype(dtype).size * int(np.prod(shape))
         timings = {}
         for name, forward, forward_backward in implementations(shape, axis, dtype):
             fwd = median_ms(forward, repeats)

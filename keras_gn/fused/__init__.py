@@ -85,9 +85,14 @@ def gpu_op_verified():
         names = verify.gpu_names()
         verified = False
         if names and set(names) <= verify.recorded_devices():
-            verified = load() is not None and _state["cuda"] and verify.is_verified(_state["path"], names)
+            verified = load() is not None and _state["cuda"] and verify.is_verified(loaded_library(), names)
         _state["gpu_verified"] = verified
     return _state["gpu_verified"]
+
+
+def loaded_library():
+    """The path of the library `load()` loaded, or None."""
+    return _state["path"]
 
 
 def has_gpu_kernels():

@@ -59,8 +59,8 @@ def _verify(quick):
         print(f"keras_gn: the op did not run on the GPU ({', '.join(report['devices'])}); not recorded.")
         return 1
     if report["passed"] and fused.has_gpu_kernels():
-        verify.write_record(fused._state["path"], names, report)
-        print(f"keras_gn: recorded {verify.record_path(fused._state['path'])}; "
+        verify.write_record(fused.loaded_library(), names, report)
+        print(f"keras_gn: recorded {verify.record_path(fused.loaded_library())}; "
               f'implementation="auto" now uses the fused op on {", ".join(sorted(set(names)))}.')
         return 0
     print('keras_gn: not recorded; implementation="auto" keeps the composite recipe on the GPU.')
