@@ -582,21 +582,29 @@ __global__ void __launch_bounds__(kThreads)
 // the normalization reads the slice back from shared memory: x is read from
 // memory once instead of twice. Same numerics and outputs as the tile path.
 
+// Threads per block: KERAS_GN_GROUP_THREADS for float32,
+// KERAS_GN_GROUP_THREADS_HALF for float16 / bfloat16.
 #ifndef KERAS_GN_GROUP_THREADS
 #define KERAS_GN_GROUP_THREADS 512
 #endif
-constexpr int kGroupThreads = KERAS_GN_GROUP_THREADS;
+#ifndef KERAS_GN_GROUP_THREADS_HALF
+#define KERAS_GN_GROUP_THREADS_HALF 256
+#endif
+template <typename T>
+struct GroupThreads {
+  static constexpr int value = sizeof(T) == 2 ? KERAS_GN_GROUP_THREADS_HALF : KERAS_GN_GROUP_THREADS;
+};
 constexpr size_t kSinglePassBytes = KERAS_GN_SINGLE_PASS_BYTES;
 
 template <typename T, int V, int A>
-__global__ void __launch_bounds__(kGroupThreads)
+__global__ void __launch_bounds__(GroupThreads<T>::value)
     GroupForwardCF(const T* __restrict__ x, const float* __restrict__ gamma,
                    const float* __restrict__ beta, int64_t C, int64_t S, int64_t G, float epsilon,
                    T* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out) {
   extern __shared__ __align__(16) unsigned char group_cache[];
   T* cache = reinterpret_cast<T*>(group_cache);
-  __shared__ double warp_n[kGroupThreads / 32], warp_m[kGroupThreads / 32],
-      warp_q[kGroupThreads / 32];
+  constexpr int kWarps = GroupThreads<T>::value / 32;
+  __shared__ double warp_n[kWarps], warp_m[kWarps], warp_q[kWarps];
   __shared__ float group_mean, group_rstd;
   const int64_t group = blockIdx.x;  // n * G + g
   const int64_t group_size = C / G, L = group_size * S, vectors = L / V;
@@ -683,8 +691,8 @@ cudaError_t LaunchSinglePass(const Shape& s, size_t limit, Activation activation
     cudaError_t error = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                              static_cast<int>(limit));
     if (error != cudaSuccess) return error;
-    kernel<<<grid, kGroupThreads, bytes, stream>>>(x, gamma, beta, s.c, s.b, s.groups, epsilon, y,
-                                                   mean, rstd);
+    kernel<<<grid, GroupThreads<T>::value, bytes, stream>>>(x, gamma, beta, s.c, s.b, s.groups,
+                                                            epsilon, y, mean, rstd);
     return cudaGetLastError();
   };
   switch (activation) {
