@@ -11,8 +11,8 @@
 //             3. per (sample, group): combine the channels, write mean/rstd
 //                and a per-(sample, channel) table (ref, mean, rstd * gamma, beta)
 //             4. tile elementwise pass: y = act(((x - ref) - mean) * scale + beta)
-//             (channels-first groups that fit in shared memory: one block per
-//             group does all of it in one read of x, GroupForwardCF)
+//             (groups whose slice fits in shared memory: one block per group
+//             does all of it in one read of x, GroupForward)
 //   backward: 1. tile reduction -> per-(sample, channel, chunk) sums of dz and
 //                dz * xhat (dz = dy * act'(z))
 //             2. per (sample, channel): add the chunks (float64)
@@ -71,10 +71,17 @@ namespace {
 #ifndef KERAS_GN_ELEMENTWISE_TARGET_BLOCKS
 #define KERAS_GN_ELEMENTWISE_TARGET_BLOCKS 528
 #endif
-// Channels-first forward in one pass where a group's slice takes at most
-// this many bytes (0: never): see GroupForwardCF.
+// Forward in one pass where a group's slice takes at most this many bytes
+// (0: never): see GroupForward. Channels-last only where a group's channels
+// at one position take at least KERAS_GN_SINGLE_PASS_CL_ROW_BYTES (its reads
+// are rows of that many bytes, strided by the C channels); 0: never. Off
+// until it has run on a GPU: `bash benchmarks/gpu/run.sh --tune ''
+// SINGLE_PASS_CL_ROW_BYTES=16` checks and times it beside the defaults.
 #ifndef KERAS_GN_SINGLE_PASS_BYTES
 #define KERAS_GN_SINGLE_PASS_BYTES (112 * 1024)
+#endif
+#ifndef KERAS_GN_SINGLE_PASS_CL_ROW_BYTES
+#define KERAS_GN_SINGLE_PASS_CL_ROW_BYTES 0
 #endif
 
 constexpr int kThreads = 256;  // per tile block
@@ -573,14 +580,17 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// ------------------------------------------------ channels-first, one pass
+// ---------------------------------------------------------------- one pass
 //
-// One block per (sample, group): the group's contiguous slice of L =
-// group_size * S values is loaded once into shared memory while each thread
-// sums its values (shifted by its first one), the block combines the
-// threads' moments (Chan: float32 within a warp, float64 across warps), and
-// the normalization reads the slice back from shared memory: x is read from
+// One block per (sample, group): the group's slice of L = group_size * S
+// values is loaded once into shared memory while each thread sums its
+// values (shifted by its first one), the block combines the threads'
+// moments (Chan: float32 within a warp, float64 across warps), and the
+// normalization reads the slice back from shared memory: x is read from
 // memory once instead of twice. Same numerics and outputs as the tile path.
+// Channels-first, the slice is contiguous; channels-last it is S rows of
+// group_size channels, C apart (group_size % V == 0: a vector lies in one
+// row), kept in shared memory as [S, group_size].
 
 // Threads per block: KERAS_GN_GROUP_THREADS for float32,
 // KERAS_GN_GROUP_THREADS_HALF for float16 / bfloat16.
@@ -596,11 +606,11 @@ struct GroupThreads {
 };
 constexpr size_t kSinglePassBytes = KERAS_GN_SINGLE_PASS_BYTES;
 
-template <typename T, int V, int A>
+template <typename T, int V, int A, bool kChannelsLast>
 __global__ void __launch_bounds__(GroupThreads<T>::value)
-    GroupForwardCF(const T* __restrict__ x, const float* __restrict__ gamma,
-                   const float* __restrict__ beta, int64_t C, int64_t S, int64_t G, float epsilon,
-                   T* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out) {
+    GroupForward(const T* __restrict__ x, const float* __restrict__ gamma,
+                 const float* __restrict__ beta, int64_t C, int64_t S, int64_t G, float epsilon,
+                 T* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out) {
   extern __shared__ __align__(16) unsigned char group_cache[];
   T* cache = reinterpret_cast<T*>(group_cache);
   constexpr int kWarps = GroupThreads<T>::value / 32;
@@ -608,14 +618,20 @@ __global__ void __launch_bounds__(GroupThreads<T>::value)
   __shared__ float group_mean, group_rstd;
   const int64_t group = blockIdx.x;  // n * G + g
   const int64_t group_size = C / G, L = group_size * S, vectors = L / V;
-  const T* xg = x + group * L;
-  T* yg = y + group * L;
+  const int64_t c0 = (group % G) * group_size;
+  // Where the slice's k-th value (k = i * V) lies, from the group's first.
+  auto offset = [&](int64_t k) {
+    return kChannelsLast ? (k / group_size) * C + k % group_size : k;
+  };
+  const int64_t start = kChannelsLast ? (group / G) * S * C + c0 : group * L;
+  const T* xg = x + start;
+  T* yg = y + start;
   const float ref = ToFloat(xg[0]);
 
   float shift = 0.0f, s1 = 0.0f, s2 = 0.0f, count = 0.0f;
-  if (threadIdx.x < vectors) shift = ToFloat(xg[static_cast<int64_t>(threadIdx.x) * V]);
+  if (threadIdx.x < vectors) shift = ToFloat(xg[offset(static_cast<int64_t>(threadIdx.x) * V)]);
   for (int64_t i = threadIdx.x; i < vectors; i += blockDim.x) {
-    const Pack<T, V> pack = Load<T, V>(xg + i * V);
+    const Pack<T, V> pack = Load<T, V>(xg + offset(i * V));
     Store<T, V>(cache + i * V, pack);
     AddShifted(pack, shift, s1, s2);
     count += static_cast<float>(V);
@@ -643,17 +659,25 @@ __global__ void __launch_bounds__(GroupThreads<T>::value)
   }
   __syncthreads();
   const float rel = group_mean, r = group_rstd;
-  const int64_t c0 = (group % G) * group_size;
   for (int64_t i = threadIdx.x; i < vectors; i += blockDim.x) {
-    const int64_t c = c0 + (i * V) / S;  // S % V == 0: a vector lies in one channel
-    const float scale = r * gamma[c], shift_c = beta[c];
     const Pack<T, V> pack = Load<T, V>(cache + i * V);
     Pack<T, V> out;
+    if (kChannelsLast) {  // V consecutive channels of one position
+      const int64_t c = c0 + (i * V) % group_size;
 #pragma unroll
-    for (int j = 0; j < V; ++j) {
-      out.v[j] = FromFloat<T>(Normalized<A>(ToFloat(pack.v[j]), ref, rel, scale, shift_c));
+      for (int j = 0; j < V; ++j) {
+        out.v[j] = FromFloat<T>(
+            Normalized<A>(ToFloat(pack.v[j]), ref, rel, r * gamma[c + j], beta[c + j]));
+      }
+    } else {  // S % V == 0: a vector lies in one channel
+      const int64_t c = c0 + (i * V) / S;
+      const float scale = r * gamma[c], shift_c = beta[c];
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        out.v[j] = FromFloat<T>(Normalized<A>(ToFloat(pack.v[j]), ref, rel, scale, shift_c));
+      }
     }
-    Store<T, V>(yg + i * V, out);
+    Store<T, V>(yg + offset(i * V), out);
   }
 }
 
@@ -671,17 +695,27 @@ size_t SinglePassLimit() {
   return std::min(kSinglePassBytes, static_cast<size_t>(std::max(0, optin - 1024)));
 }
 
+// Positions of a view that has one of a, b equal to 1: S.
+int64_t Positions(const Shape& s) { return s.b == 1 ? s.a : s.b; }
+
 size_t GroupSliceBytes(const Shape& s, size_t element_bytes) {
-  return static_cast<size_t>(s.c / s.groups) * static_cast<size_t>(s.b) * element_bytes;
+  return static_cast<size_t>(s.c / s.groups) * static_cast<size_t>(Positions(s)) * element_bytes;
 }
 
-// Whether the channels-first one-pass kernel takes this forward.
+// Whether the one-pass kernel takes this forward.
 bool SinglePass(const Shape& s, size_t element_bytes, size_t limit) {
   const size_t bytes = GroupSliceBytes(s, element_bytes);
-  return s.b != 1 && s.a == 1 && bytes > 0 && bytes <= limit && s.n * s.groups <= 0x7fffffff;
+  constexpr size_t kRowBytes = KERAS_GN_SINGLE_PASS_CL_ROW_BYTES;
+  const bool channels_last = s.b == 1;
+  if (channels_last &&
+      (kRowBytes == 0 || static_cast<size_t>(s.c / s.groups) * element_bytes < kRowBytes)) {
+    return false;
+  }
+  return (s.a == 1 || s.b == 1) && Positions(s) > 1 && bytes > 0 && bytes <= limit &&
+         s.n * s.groups <= 0x7fffffff;
 }
 
-template <typename T, int V>
+template <typename T, int V, bool kChannelsLast>
 cudaError_t LaunchSinglePass(const Shape& s, size_t limit, Activation activation, float epsilon,
                              const T* x, const float* gamma, const float* beta, T* y, float* mean,
                              float* rstd, cudaStream_t stream) {
@@ -691,14 +725,14 @@ cudaError_t LaunchSinglePass(const Shape& s, size_t limit, Activation activation
     cudaError_t error = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                              static_cast<int>(limit));
     if (error != cudaSuccess) return error;
-    kernel<<<grid, GroupThreads<T>::value, bytes, stream>>>(x, gamma, beta, s.c, s.b, s.groups,
-                                                            epsilon, y, mean, rstd);
+    kernel<<<grid, GroupThreads<T>::value, bytes, stream>>>(x, gamma, beta, s.c, Positions(s),
+                                                            s.groups, epsilon, y, mean, rstd);
     return cudaGetLastError();
   };
   switch (activation) {
-    case Activation::kRelu: return launch(GroupForwardCF<T, V, 1>);
-    case Activation::kSilu: return launch(GroupForwardCF<T, V, 2>);
-    default: return launch(GroupForwardCF<T, V, 0>);
+    case Activation::kRelu: return launch(GroupForward<T, V, 1, kChannelsLast>);
+    case Activation::kSilu: return launch(GroupForward<T, V, 2, kChannelsLast>);
+    default: return launch(GroupForward<T, V, 0, kChannelsLast>);
   }
 }
 
@@ -1007,12 +1041,19 @@ cudaError_t ForwardTyped(const Shape& s, DType dtype, Activation activation, flo
   T* yt = static_cast<T*>(y);
   char* ws = static_cast<char*>(workspace);
   constexpr int kVec = 16 / sizeof(T);
-  const size_t limit = kSinglePassBytes > 0 && s.b != 1 ? SinglePassLimit() : 0;
+  const size_t limit = kSinglePassBytes > 0 && Positions(s) > 1 ? SinglePassLimit() : 0;
   if (SinglePass(s, sizeof(T), limit)) {
-    return vec == kVec ? LaunchSinglePass<T, kVec>(s, limit, activation, epsilon, xt, gamma, beta,
-                                                   yt, mean, rstd, stream)
-                       : LaunchSinglePass<T, 1>(s, limit, activation, epsilon, xt, gamma, beta,
+    if (s.b == 1) {  // channels-last: vectors also within a group's channels
+      return vec == kVec && (s.c / s.groups) % kVec == 0
+                 ? LaunchSinglePass<T, kVec, true>(s, limit, activation, epsilon, xt, gamma,
+                                                   beta, yt, mean, rstd, stream)
+                 : LaunchSinglePass<T, 1, true>(s, limit, activation, epsilon, xt, gamma, beta,
                                                 yt, mean, rstd, stream);
+    }
+    return vec == kVec ? LaunchSinglePass<T, kVec, false>(s, limit, activation, epsilon, xt,
+                                                          gamma, beta, yt, mean, rstd, stream)
+                       : LaunchSinglePass<T, 1, false>(s, limit, activation, epsilon, xt, gamma,
+                                                       beta, yt, mean, rstd, stream);
   }
   if (vec == kVec) {
     Forward<T, kVec>(s, p, e, l, activation, epsilon, xt, gamma, beta, yt, mean, rstd, ws, stream);

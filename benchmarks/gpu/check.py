@@ -76,6 +76,7 @@ CORRECTNESS_CASES = [
     ((2, 3, 4, 5, 32), True, 4),  # video
     ((2, 32, 3, 4, 5), False, 8),
     ((2, 9, 11, 12), True, 3),  # 12 channels: vectorized fp32, scalar fp16/bf16
+    ((2, 9, 11, 24), True, 4),  # fp32: one-pass with scalar loads (6 channels a group)
     ((2, 6, 8, 16), False, 2),  # 128 positions: vectorized everywhere
     ((2, 64, 64, 96), True, 32),  # several chunks per channel
     ((2, 96, 64, 64), False, 32),

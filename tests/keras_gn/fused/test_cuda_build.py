@@ -131,7 +131,8 @@ def test_gpu_check_dry_run():
 def test_gpu_check_tuning_variant_compiles(tmp_path, gpu_check):
     nvcc, _ = _nvcc()
     check = gpu_check
-    defines = ("REDUCE_MAX_ITERS=4", "REDUCE_TARGET_BLOCKS=64", "ELEMENTWISE_MAX_ITERS=2", "ELEMENTWISE_TARGET_BLOCKS=32")
+    defines = ("REDUCE_MAX_ITERS=4", "REDUCE_TARGET_BLOCKS=64", "ELEMENTWISE_MAX_ITERS=2", "ELEMENTWISE_TARGET_BLOCKS=32",
+               "SINGLE_PASS_CL_ROW_BYTES=16", "GROUP_THREADS_HALF=128")
     ok, _, log = check.build_harness(nvcc, tmp_path / "variant.so", arch=ARCHS[0], defines=defines)
     assert ok, log[-4000:]
     check.Harness(tmp_path / "variant.so")
