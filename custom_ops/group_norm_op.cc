@@ -75,12 +75,19 @@ constexpr int64_t kChunk = 64;  // positions summed in float32 before float64
 #ifndef KERAS_GN_UNIT_BYTES_CL
 #define KERAS_GN_UNIT_BYTES_CL (16 * 1024 * 1024)
 #endif
+#ifndef KERAS_GN_ROW_BLOCK_BYTES
+#define KERAS_GN_ROW_BLOCK_BYTES (512 * 1024)
+#endif
 // Target size of one unit's input slice. Channels-first slices are
 // contiguous and sized for the per-core L2 cache; channels-last slices are
 // strided rows of the unit's channels, and wide rows (whole samples where
 // they fit the shared L3) stream much better than narrow ones.
 constexpr int64_t kUnitBytesChannelsFirst = KERAS_GN_UNIT_BYTES_CF;
 constexpr int64_t kUnitBytesChannelsLast = KERAS_GN_UNIT_BYTES_CL;
+// Channels-last samples larger than kUnitBytesChannelsLast, or too few
+// samples to occupy the threads, go by row blocks instead (see RowBlocking):
+// about this many bytes of whole rows each.
+constexpr int64_t kRowBlockBytes = KERAS_GN_ROW_BLOCK_BYTES;
 
 enum class Activation { kNone, kRelu, kSilu };
 
@@ -197,6 +204,53 @@ struct Blocking {
   }
 };
 
+// Channels-last by blocks of whole rows (all C channels of `rows`
+// positions, a multiple of kChunk): the statistics pass sums each block,
+// the blocks' sums are added per sample in block order, then the output
+// pass maps each block. Used where a sample does not fit
+// kUnitBytesChannelsLast (its second pass would miss the cache whatever
+// the channel split, and narrow channel slices stream badly: a (4, 8, 56,
+// 56, 256) tensor took 3x its channels-first twin's time) or where the
+// samples are fewer than the units wanted; contiguous rows stream like
+// channels-first. Both ways sum each chunk of kChunk positions in float32
+// and add the chunks in order in float64 (AddChunks): the same bits,
+// whatever the batch or the number of threads.
+struct RowBlocking {
+  int64_t rows = 0, blocks = 0;  // positions per block, blocks per sample
+
+  RowBlocking(const Geometry& g, int num_threads) {
+    if (!g.channels_last) return;
+    const int64_t row_bytes = std::max<int64_t>(1, g.c * 4);
+    const int64_t r = std::max<int64_t>(1, kRowBlockBytes / row_bytes / kChunk) * kChunk;
+    const int64_t b = (g.s + r - 1) / r;
+    const bool large = g.s * row_bytes > kUnitBytesChannelsLast;
+    const bool few = g.n < 4 * static_cast<int64_t>(num_threads);
+    if (b >= 2 && (large || few)) {
+      rows = r;
+      blocks = b;
+    }
+  }
+  bool active() const { return blocks > 0; }
+};
+
+// Runs fn(sample, first_position, end_position) for every row block.
+template <typename F>
+void ForEachRowBlock(OpKernelContext* ctx, const Geometry& g, const RowBlocking& rb,
+                     int64_t cost_per_element, F fn) {
+  auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+  const int64_t cost = cost_per_element * rb.rows * g.c;
+  pool->ParallelFor(g.n * rb.blocks, cost, [&](int64_t begin, int64_t end) {
+    for (int64_t u = begin; u < end; ++u) {
+      const int64_t sample = u / rb.blocks, p0 = (u % rb.blocks) * rb.rows;
+      fn(sample, p0, std::min(g.s, p0 + rb.rows));
+    }
+  });
+}
+
+int NumThreads(OpKernelContext* ctx) {
+  return ctx->device()->tensorflow_cpu_worker_threads()->workers->NumThreads();
+}
+
 // One unit of work: groups [g0, g1) = channels [c0, c0 + width) of a sample.
 struct Unit {
   int64_t sample, g0, g1, c0, width;
@@ -222,6 +276,50 @@ void ForEachUnit(OpKernelContext* ctx, const Geometry& g, int64_t cost_per_eleme
   });
 }
 
+int64_t Chunks(int64_t positions) { return (positions + kChunk - 1) / kChunk; }
+
+// Channels-last shifts: each channel's value at position 0.
+template <typename T>
+void RowShifts(const Geometry& g, const T* x, int64_t sample, int64_t c0, int64_t width,
+               float* shift) {
+  const T* first = x + g.Index(sample, 0, c0);
+  for (int64_t k = 0; k < width; ++k) shift[k] = ToFloat(first[k]);
+}
+
+// Channels-last, positions [p0, p1) (p0 a multiple of kChunk): the float32
+// shifted sums of channels [c0, c0 + width) over each chunk of kChunk
+// positions, into chunk1 / chunk2 ([chunk][width], from p0's chunk).
+template <typename T>
+void RowChunkMoments(const Geometry& g, const T* x, int64_t sample, int64_t p0, int64_t p1,
+                     int64_t c0, int64_t width, const float* shift, float* chunk1,
+                     float* chunk2) {
+  for (int64_t begin = p0; begin < p1; begin += kChunk) {
+    float* s1 = chunk1 + (begin - p0) / kChunk * width;
+    float* s2 = chunk2 + (begin - p0) / kChunk * width;
+    std::fill(s1, s1 + width, 0.0f);
+    std::fill(s2, s2 + width, 0.0f);
+    const int64_t end = std::min(p1, begin + kChunk);
+    for (int64_t p = begin; p < end; ++p) {
+      const T* row = x + g.Index(sample, p, c0);
+#pragma omp simd
+      for (int64_t k = 0; k < width; ++k) {
+        const float d = ToFloat(row[k]) - shift[k];
+        s1[k] += d;
+        s2[k] += d * d;
+      }
+    }
+  }
+}
+
+// sum[k] = the chunks' values of channel k added in chunk order, in float64:
+// the same result however the chunks were split between threads.
+void AddChunks(const float* chunks, int64_t count, int64_t width, double* sum) {
+  std::fill(sum, sum + width, 0.0);
+  for (int64_t i = 0; i < count; ++i) {
+    for (int64_t k = 0; k < width; ++k) sum[k] += chunks[i * width + k];
+  }
+}
+
 // Per-channel shifted sums over the positions of one sample, for channels
 // [c0, c0 + width): sum1 = sum(x - shift), sum2 = sum((x - shift)^2), with
 // shift = the channel's value at position 0. Shifting by a value of the data
@@ -230,30 +328,16 @@ void ForEachUnit(OpKernelContext* ctx, const Geometry& g, int64_t cost_per_eleme
 template <typename T>
 void ChannelMoments(const Geometry& g, const T* x, int64_t sample, int64_t c0,
                     int64_t width, float* shift, double* sum1, double* sum2) {
-  std::fill(sum1, sum1 + width, 0.0);
-  std::fill(sum2, sum2 + width, 0.0);
   if (g.channels_last) {
-    const T* first = x + g.Index(sample, 0, c0);
-    for (int64_t k = 0; k < width; ++k) shift[k] = ToFloat(first[k]);
-    std::vector<float> p1(width, 0.0f), p2(width, 0.0f);
-    for (int64_t begin = 0; begin < g.s; begin += kChunk) {
-      const int64_t end = std::min(g.s, begin + kChunk);
-      for (int64_t p = begin; p < end; ++p) {
-        const T* row = x + g.Index(sample, p, c0);
-#pragma omp simd
-        for (int64_t k = 0; k < width; ++k) {
-          const float d = ToFloat(row[k]) - shift[k];
-          p1[k] += d;
-          p2[k] += d * d;
-        }
-      }
-      for (int64_t k = 0; k < width; ++k) {
-        sum1[k] += p1[k];
-        sum2[k] += p2[k];
-        p1[k] = p2[k] = 0.0f;
-      }
-    }
+    const int64_t chunks = Chunks(g.s);
+    std::vector<float> chunk1(chunks * width), chunk2(chunks * width);
+    RowShifts(g, x, sample, c0, width, shift);
+    RowChunkMoments(g, x, sample, 0, g.s, c0, width, shift, chunk1.data(), chunk2.data());
+    AddChunks(chunk1.data(), chunks, width, sum1);
+    AddChunks(chunk2.data(), chunks, width, sum2);
   } else {
+    std::fill(sum1, sum1 + width, 0.0);
+    std::fill(sum2, sum2 + width, 0.0);
     for (int64_t k = 0; k < width; ++k) {
       const T* channel = x + g.Index(sample, 0, c0 + k);
       const float k_shift = ToFloat(channel[0]);
@@ -274,32 +358,43 @@ void ChannelMoments(const Geometry& g, const T* x, int64_t sample, int64_t c0,
   }
 }
 
+// Channels-last, positions [p0, p1) (p0 a multiple of kChunk): the float32
+// sums of f(channel, x, dy) over each chunk, into chunk_a / chunk_b
+// ([chunk][width], from p0's chunk).
+template <typename T, typename F>
+void RowChunkSums2(const Geometry& g, const T* x, const T* dy, int64_t sample, int64_t p0,
+                   int64_t p1, int64_t c0, int64_t width, float* chunk_a, float* chunk_b, F f) {
+  for (int64_t begin = p0; begin < p1; begin += kChunk) {
+    float* pa = chunk_a + (begin - p0) / kChunk * width;
+    float* pb = chunk_b + (begin - p0) / kChunk * width;
+    std::fill(pa, pa + width, 0.0f);
+    std::fill(pb, pb + width, 0.0f);
+    const int64_t end = std::min(p1, begin + kChunk);
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t base = g.Index(sample, p, c0);
+      for (int64_t k = 0; k < width; ++k) {
+        float a, b;
+        f(k, ToFloat(x[base + k]), ToFloat(dy[base + k]), &a, &b);
+        pa[k] += a;
+        pb[k] += b;
+      }
+    }
+  }
+}
+
 // Two inputs (x and dy) at once: sums of f(channel, x, dy) into out_a, out_b.
 template <typename T, typename F>
 void ChannelSums2(const Geometry& g, const T* x, const T* dy, int64_t sample,
                   int64_t c0, int64_t width, double* out_a, double* out_b, F f) {
-  std::fill(out_a, out_a + width, 0.0);
-  std::fill(out_b, out_b + width, 0.0);
   if (g.channels_last) {
-    std::vector<float> pa(width, 0.0f), pb(width, 0.0f);
-    for (int64_t begin = 0; begin < g.s; begin += kChunk) {
-      const int64_t end = std::min(g.s, begin + kChunk);
-      for (int64_t p = begin; p < end; ++p) {
-        const int64_t base = g.Index(sample, p, c0);
-        for (int64_t k = 0; k < width; ++k) {
-          float a, b;
-          f(k, ToFloat(x[base + k]), ToFloat(dy[base + k]), &a, &b);
-          pa[k] += a;
-          pb[k] += b;
-        }
-      }
-      for (int64_t k = 0; k < width; ++k) {
-        out_a[k] += pa[k];
-        out_b[k] += pb[k];
-        pa[k] = pb[k] = 0.0f;
-      }
-    }
+    const int64_t chunks = Chunks(g.s);
+    std::vector<float> chunk_a(chunks * width), chunk_b(chunks * width);
+    RowChunkSums2(g, x, dy, sample, 0, g.s, c0, width, chunk_a.data(), chunk_b.data(), f);
+    AddChunks(chunk_a.data(), chunks, width, out_a);
+    AddChunks(chunk_b.data(), chunks, width, out_b);
   } else {
+    std::fill(out_a, out_a + width, 0.0);
+    std::fill(out_b, out_b + width, 0.0);
     for (int64_t k = 0; k < width; ++k) {
       const int64_t base = g.Index(sample, 0, c0 + k);
       for (int64_t begin = 0; begin < g.s; begin += kChunk) {
@@ -319,17 +414,24 @@ void ChannelSums2(const Geometry& g, const T* x, const T* dy, int64_t sample,
   }
 }
 
+// Channels-last: ChannelMap over positions [p0, p1) only.
+template <typename T, typename F>
+void RowMap(const Geometry& g, const T* x, T* out, int64_t sample, int64_t p0, int64_t p1,
+            int64_t c0, int64_t width, F f) {
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t base = g.Index(sample, p, c0);
+    for (int64_t k = 0; k < width; ++k) {
+      out[base + k] = FromFloat<T>(f(k, ToFloat(x[base + k])));
+    }
+  }
+}
+
 // out[i] = f(channel, x[i]) over channels [c0, c0 + width) of one sample.
 template <typename T, typename F>
 void ChannelMap(const Geometry& g, const T* x, T* out, int64_t sample, int64_t c0,
                 int64_t width, F f) {
   if (g.channels_last) {
-    for (int64_t p = 0; p < g.s; ++p) {
-      const int64_t base = g.Index(sample, p, c0);
-      for (int64_t k = 0; k < width; ++k) {
-        out[base + k] = FromFloat<T>(f(k, ToFloat(x[base + k])));
-      }
-    }
+    RowMap(g, x, out, sample, 0, g.s, c0, width, f);
   } else {
     for (int64_t k = 0; k < width; ++k) {
       const int64_t base = g.Index(sample, 0, c0 + k);
@@ -341,18 +443,24 @@ void ChannelMap(const Geometry& g, const T* x, T* out, int64_t sample, int64_t c
   }
 }
 
+// Channels-last: ChannelMap2 over positions [p0, p1) only.
+template <typename T, typename F>
+void RowMap2(const Geometry& g, const T* x, const T* dy, T* out, int64_t sample, int64_t p0,
+             int64_t p1, int64_t c0, int64_t width, F f) {
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t base = g.Index(sample, p, c0);
+    for (int64_t k = 0; k < width; ++k) {
+      out[base + k] = FromFloat<T>(f(k, ToFloat(x[base + k]), ToFloat(dy[base + k])));
+    }
+  }
+}
+
 // out[i] = f(channel, x[i], dy[i]).
 template <typename T, typename F>
 void ChannelMap2(const Geometry& g, const T* x, const T* dy, T* out, int64_t sample,
                  int64_t c0, int64_t width, F f) {
   if (g.channels_last) {
-    for (int64_t p = 0; p < g.s; ++p) {
-      const int64_t base = g.Index(sample, p, c0);
-      for (int64_t k = 0; k < width; ++k) {
-        out[base + k] = FromFloat<T>(
-            f(k, ToFloat(x[base + k]), ToFloat(dy[base + k])));
-      }
-    }
+    RowMap2(g, x, dy, out, sample, 0, g.s, c0, width, f);
   } else {
     for (int64_t k = 0; k < width; ++k) {
       const int64_t base = g.Index(sample, 0, c0 + k);
@@ -415,6 +523,62 @@ bool MakeGeometry(OpKernelContext* ctx, const Tensor& x, const Tensor& gamma,
   }
   return true;
 }
+
+// Per-channel constants of the output pass, for channels [c0, c0 + width).
+struct Tables {
+  std::vector<float> reference, center, scale;
+  explicit Tables(int64_t width) : reference(width), center(width), scale(width) {}
+};
+
+// Groups [g0, g1) of a sample (their channels from c0 = g0 * group_size)
+// from the channels' shifted sums over all S positions: mean / rstd outputs
+// and the tables. Per channel c (n = S): mean_c = shift_c + sum1_c / n,
+// M2_c = sum2_c - sum1_c^2 / n; per group (Chan et al.'s pairwise
+// combination): mean = avg(mean_c), M2 = sum(M2_c + n * (mean_c - mean)^2).
+// gamma, shift, sum1, sum2 and the tables start at channel c0.
+void GroupStatistics(const Geometry& g, int64_t sample, int64_t g0, int64_t g1,
+                     const float* shift, const double* sum1, const double* sum2,
+                     const float* gamma, double epsilon, float* mean_out, float* rstd_out,
+                     Tables* tables) {
+  const double n = static_cast<double>(g.s);
+  const double count = static_cast<double>(g.GroupElements());
+  std::vector<double> channel_mean(g.group_size);
+  for (int64_t gi = g0; gi < g1; ++gi) {
+    const int64_t k0 = (gi - g0) * g.group_size, k1 = k0 + g.group_size;
+    double mean = 0.0;
+    for (int64_t k = k0; k < k1; ++k) {
+      channel_mean[k - k0] = shift[k] + sum1[k] / n;
+      mean += channel_mean[k - k0];
+    }
+    mean /= g.group_size;
+    double m2 = 0.0;
+    for (int64_t k = k0; k < k1; ++k) {
+      const double d = channel_mean[k - k0] - mean;
+      m2 += std::max(0.0, sum2[k] - sum1[k] * sum1[k] / n) + n * d * d;
+    }
+    const float r = static_cast<float>(1.0 / std::sqrt(m2 / count + epsilon));
+    const float ref = shift[k0];  // the group's first value
+    const float rel = static_cast<float>(mean - ref);
+    mean_out[sample * g.groups + gi] = rel;
+    rstd_out[sample * g.groups + gi] = r;
+    for (int64_t k = k0; k < k1; ++k) {
+      tables->reference[k] = ref;
+      tables->center[k] = rel;
+      tables->scale[k] = r * gamma[k];
+    }
+  }
+}
+
+// y = act(((x - ref) - (mean - ref)) * rstd * gamma + beta), per channel k.
+template <Activation A>
+struct Normalizer {
+  const float *ref, *center, *scale, *beta;
+  Normalizer(const Tables& t, const float* beta_c0)
+      : ref(t.reference.data()), center(t.center.data()), scale(t.scale.data()), beta(beta_c0) {}
+  float operator()(int64_t k, float v) const {
+    return Activate<A>(((v - ref[k]) - center[k]) * scale[k] + beta[k]);
+  }
+};
 
 // The attributes, input checks and outputs that the CPU and GPU kernels
 // share: each device's kernel only computes (`Forward` / `Backward`).
@@ -527,55 +691,131 @@ class GroupNormOp : public GroupNormForwardBase {
     float* mean_out = mean_t->flat<float>().data();
     float* rstd_out = rstd_t->flat<float>().data();
     const double epsilon = epsilon_;
+    const RowBlocking rb(g, NumThreads(ctx));
+    if (rb.active()) {
+      RunByRows<A>(ctx, g, rb, x, gamma, beta, y, mean_out, rstd_out);
+      return;
+    }
 
     ForEachUnit(ctx, g, 10, [&](const Unit& unit) {
-      const int64_t sample = unit.sample, g0 = unit.g0, g1 = unit.g1;
       const int64_t c0 = unit.c0, width = unit.width;
-      const double count = static_cast<double>(g.GroupElements());
-      std::vector<double> sum1(width), sum2(width), channel_mean(width);
-      std::vector<float> shift(width), reference(width), center(width), scale(width);
-
-      // Pass 1: statistics. Per channel c (n = S positions):
-      //   mean_c = shift_c + sum1_c / n,  M2_c = sum2_c - sum1_c^2 / n;
-      // per group (Chan et al.'s pairwise combination):
-      //   mean = avg(mean_c),  M2 = sum(M2_c + n * (mean_c - mean)^2).
-      ChannelMoments(g, x, sample, c0, width, shift.data(), sum1.data(), sum2.data());
-      const double n = static_cast<double>(g.s);
-      for (int64_t gi = g0; gi < g1; ++gi) {
-        const int64_t k0 = (gi - g0) * g.group_size, k1 = k0 + g.group_size;
-        double mean = 0.0;
-        for (int64_t k = k0; k < k1; ++k) {
-          channel_mean[k] = shift[k] + sum1[k] / n;
-          mean += channel_mean[k];
-        }
-        mean /= g.group_size;
-        double m2 = 0.0;
-        for (int64_t k = k0; k < k1; ++k) {
-          const double d = channel_mean[k] - mean;
-          m2 += std::max(0.0, sum2[k] - sum1[k] * sum1[k] / n) + n * d * d;
-        }
-        const float r = static_cast<float>(1.0 / std::sqrt(m2 / count + epsilon));
-        const float ref = shift[k0];  // the group's first value
-        const float rel = static_cast<float>(mean - ref);
-        mean_out[sample * g.groups + gi] = rel;
-        rstd_out[sample * g.groups + gi] = r;
-        for (int64_t k = k0; k < k1; ++k) {
-          reference[k] = ref;
-          center[k] = rel;
-          scale[k] = r * gamma[c0 + k];
-        }
-      }
-      const float* ref_ptr = reference.data();
-      const float* c_ptr = center.data();
-      // Pass 3: y = act(((x - ref) - (mean - ref)) * rstd * gamma + beta) (from cache).
-      const float* s_ptr = scale.data();
-      const float* b_ptr = beta + c0;
-      ChannelMap(g, x, y, sample, c0, width, [ref_ptr, c_ptr, s_ptr, b_ptr](int64_t k, float v) {
-        return Activate<A>(((v - ref_ptr[k]) - c_ptr[k]) * s_ptr[k] + b_ptr[k]);
-      });
+      std::vector<double> sum1(width), sum2(width);
+      std::vector<float> shift(width);
+      Tables tables(width);
+      // Pass 1: statistics; pass 2: y from cache.
+      ChannelMoments(g, x, unit.sample, c0, width, shift.data(), sum1.data(), sum2.data());
+      GroupStatistics(g, unit.sample, unit.g0, unit.g1, shift.data(), sum1.data(), sum2.data(),
+                      gamma + c0, epsilon, mean_out, rstd_out, &tables);
+      ChannelMap(g, x, y, unit.sample, c0, width, Normalizer<A>(tables, beta + c0));
     });
   }
 
+  // Channels-last by row blocks (RowBlocking): the blocks' sums, added per
+  // sample in block order, then y block by block.
+  template <Activation A>
+  void RunByRows(OpKernelContext* ctx, const Geometry& g, const RowBlocking& rb,
+                 const typename Storage<T>::type* x, const float* gamma, const float* beta,
+                 typename Storage<T>::type* y, float* mean_out, float* rstd_out) {
+    const int64_t C = g.c, chunks = Chunks(g.s);
+    std::vector<float> shift(g.n * C);
+    for (int64_t sample = 0; sample < g.n; ++sample) {
+      RowShifts(g, x, sample, 0, C, shift.data() + sample * C);
+    }
+    std::vector<float> chunk1(g.n * chunks * C), chunk2(g.n * chunks * C);
+    ForEachRowBlock(ctx, g, rb, 4, [&](int64_t sample, int64_t p0, int64_t p1) {
+      const int64_t at = (sample * chunks + p0 / kChunk) * C;
+      RowChunkMoments(g, x, sample, p0, p1, 0, C, shift.data() + sample * C,
+                      chunk1.data() + at, chunk2.data() + at);
+    });
+    std::vector<Tables> tables;
+    tables.reserve(g.n);
+    std::vector<double> sum1(C), sum2(C);
+    for (int64_t sample = 0; sample < g.n; ++sample) {
+      AddChunks(chunk1.data() + sample * chunks * C, chunks, C, sum1.data());
+      AddChunks(chunk2.data() + sample * chunks * C, chunks, C, sum2.data());
+      tables.emplace_back(C);
+      GroupStatistics(g, sample, 0, g.groups, shift.data() + sample * C, sum1.data(),
+                      sum2.data(), gamma, epsilon_, mean_out, rstd_out, &tables.back());
+    }
+    ForEachRowBlock(ctx, g, rb, 6, [&](int64_t sample, int64_t p0, int64_t p1) {
+      RowMap(g, x, y, sample, p0, p1, 0, C, Normalizer<A>(tables[sample], beta));
+    });
+  }
+
+};
+
+// Per-channel constants of the backward passes, for channels [c0, c0 + width)
+// of a sample: the forward's (mean is relative to the group's first value)
+// and, once the channels' sums are known, dx's coefficients.
+struct GradTables {
+  std::vector<float> reference, center, inv, gam, bet, coef_x, coef_0;
+
+  template <typename S>
+  GradTables(const Geometry& g, const S* x, const float* gamma, const float* beta,
+             const float* mean, const float* rstd, int64_t sample, int64_t c0, int64_t width)
+      : reference(width), center(width), inv(width), gam(width), bet(width), coef_x(width),
+        coef_0(width) {
+    for (int64_t k = 0; k < width; ++k) {
+      const int64_t gi = (c0 + k) / g.group_size;
+      reference[k] = ToFloat(x[g.Index(sample, 0, gi * g.group_size)]);
+      center[k] = mean[sample * g.groups + gi];
+      inv[k] = rstd[sample * g.groups + gi];
+      gam[k] = gamma[c0 + k];
+      bet[k] = beta[c0 + k];
+    }
+  }
+
+  // dx = rstd * (gamma * dz - mean_g(gamma * dz) - xhat * mean_g(gamma * dz * xhat)),
+  // the bracket first: its terms cancel (exactly, for one-element groups),
+  // and rstd, up to 1 / sqrt(epsilon), would amplify their rounding. Groups
+  // [g0, g1) from their channels' sums of dz and dz * xhat over all positions.
+  void SetCoefficients(const Geometry& g, int64_t g0, int64_t g1, const double* sum_dz,
+                       const double* sum_dz_xhat) {
+    const double count = static_cast<double>(g.GroupElements());
+    for (int64_t gi = g0; gi < g1; ++gi) {
+      double mean_gdz = 0.0, mean_gdz_xhat = 0.0;
+      const int64_t k0 = (gi - g0) * g.group_size, k1 = k0 + g.group_size;
+      for (int64_t k = k0; k < k1; ++k) {
+        mean_gdz += gam[k] * sum_dz[k];
+        mean_gdz_xhat += gam[k] * sum_dz_xhat[k];
+      }
+      mean_gdz /= count;
+      mean_gdz_xhat /= count;
+      for (int64_t k = k0; k < k1; ++k) {
+        coef_x[k] = static_cast<float>(mean_gdz_xhat);
+        coef_0[k] = static_cast<float>(mean_gdz);
+      }
+    }
+  }
+};
+
+// (dz, dz * xhat), where z is the normalized output before the activation
+// and dz = dy * act'(z).
+template <Activation A>
+struct GradSums {
+  const float *ref, *m, *r, *ga, *be;
+  explicit GradSums(const GradTables& t)
+      : ref(t.reference.data()), m(t.center.data()), r(t.inv.data()), ga(t.gam.data()),
+        be(t.bet.data()) {}
+  void operator()(int64_t k, float xv, float dyv, float* a, float* b) const {
+    const float xhat = ((xv - ref[k]) - m[k]) * r[k];
+    const float dz = dyv * ActivationGrad<A>(xhat * ga[k] + be[k]);
+    *a = dz;
+    *b = dz * xhat;
+  }
+};
+
+template <Activation A>
+struct InputGrad {
+  const float *ref, *m, *r, *ga, *be, *cx, *c0;
+  explicit InputGrad(const GradTables& t)
+      : ref(t.reference.data()), m(t.center.data()), r(t.inv.data()), ga(t.gam.data()),
+        be(t.bet.data()), cx(t.coef_x.data()), c0(t.coef_0.data()) {}
+  float operator()(int64_t k, float xv, float dyv) const {
+    const float xhat = ((xv - ref[k]) - m[k]) * r[k];
+    const float dz = dyv * ActivationGrad<A>(xhat * ga[k] + be[k]);
+    return (ga[k] * dz - cx[k] * xhat - c0[k]) * r[k];
+  }
 };
 
 template <typename T>
@@ -611,62 +851,46 @@ class GroupNormGradOp : public GroupNormBackwardBase {
     auto* dx = Elements<T>(dx_t);
     // Per-sample partial sums of dbeta and dgamma, reduced in sample order.
     std::vector<double> partial_dbeta(g.n * g.c), partial_dgamma(g.n * g.c);
+    const RowBlocking rb(g, NumThreads(ctx));
 
-    ForEachUnit(ctx, g, 16, [&](const Unit& unit) {
-      const int64_t sample = unit.sample, g0 = unit.g0, g1 = unit.g1;
-      const int64_t c0 = unit.c0, width = unit.width;
-      const double count = static_cast<double>(g.GroupElements());
-      std::vector<float> reference(width), center(width), inv(width), gam(width), bet(width);
-      std::vector<float> coef_x(width), coef_0(width);
-      for (int64_t k = 0; k < width; ++k) {
-        const int64_t gi = g0 + k / g.group_size;
-        // mean is relative to the group's first value (see the forward op).
-        reference[k] = ToFloat(x[g.Index(sample, 0, gi * g.group_size)]);
-        center[k] = mean[sample * g.groups + gi];
-        inv[k] = rstd[sample * g.groups + gi];
-        gam[k] = gamma[c0 + k];
-        bet[k] = beta[c0 + k];
+    if (rb.active()) {
+      // Channels-last by row blocks: the blocks' sums, added per sample in
+      // block order, then dx block by block.
+      const int64_t C = g.c;
+      std::vector<GradTables> tables;
+      tables.reserve(g.n);
+      for (int64_t sample = 0; sample < g.n; ++sample) {
+        tables.emplace_back(g, x, gamma, beta, mean, rstd, sample, 0, C);
       }
-      const float *ref = reference.data(), *m = center.data(), *r = inv.data();
-      const float *ga = gam.data(), *be = bet.data();
-      double* sum_dz = partial_dbeta.data() + sample * g.c + c0;
-      double* sum_dz_xhat = partial_dgamma.data() + sample * g.c + c0;
-
-      // Pass 1: per channel, sum of dz and of dz * xhat, where z is the
-      // normalized output before the activation and dz = dy * act'(z).
-      ChannelSums2(g, x, dy, sample, c0, width, sum_dz, sum_dz_xhat,
-                   [ref, m, r, ga, be](int64_t k, float xv, float dyv, float* a, float* b) {
-                     const float xhat = ((xv - ref[k]) - m[k]) * r[k];
-                     const float dz = dyv * ActivationGrad<A>(xhat * ga[k] + be[k]);
-                     *a = dz;
-                     *b = dz * xhat;
-                   });
-      // dx = rstd * (gamma * dz - mean_g(gamma * dz) - xhat * mean_g(gamma * dz * xhat)),
-      // the bracket first: its terms cancel (exactly, for one-element groups),
-      // and rstd, up to 1 / sqrt(epsilon), would amplify their rounding.
-      for (int64_t gi = g0; gi < g1; ++gi) {
-        double mean_gdz = 0.0, mean_gdz_xhat = 0.0;
-        const int64_t k0 = (gi - g0) * g.group_size, k1 = k0 + g.group_size;
-        for (int64_t k = k0; k < k1; ++k) {
-          mean_gdz += gam[k] * sum_dz[k];
-          mean_gdz_xhat += gam[k] * sum_dz_xhat[k];
-        }
-        mean_gdz /= count;
-        mean_gdz_xhat /= count;
-        for (int64_t k = k0; k < k1; ++k) {
-          coef_x[k] = static_cast<float>(mean_gdz_xhat);
-          coef_0[k] = static_cast<float>(mean_gdz);
-        }
+      const int64_t chunks = Chunks(g.s);
+      std::vector<float> chunk_a(g.n * chunks * C), chunk_b(g.n * chunks * C);
+      ForEachRowBlock(ctx, g, rb, 8, [&](int64_t sample, int64_t p0, int64_t p1) {
+        const int64_t at = (sample * chunks + p0 / kChunk) * C;
+        RowChunkSums2(g, x, dy, sample, p0, p1, 0, C, chunk_a.data() + at, chunk_b.data() + at,
+                      GradSums<A>(tables[sample]));
+      });
+      for (int64_t sample = 0; sample < g.n; ++sample) {
+        double* sum_dz = partial_dbeta.data() + sample * C;
+        double* sum_dz_xhat = partial_dgamma.data() + sample * C;
+        AddChunks(chunk_a.data() + sample * chunks * C, chunks, C, sum_dz);
+        AddChunks(chunk_b.data() + sample * chunks * C, chunks, C, sum_dz_xhat);
+        tables[sample].SetCoefficients(g, 0, g.groups, sum_dz, sum_dz_xhat);
       }
-      // Pass 2: dx (from cache).
-      const float *cx = coef_x.data(), *c0p = coef_0.data();
-      ChannelMap2(g, x, dy, dx, sample, c0, width,
-                  [ref, m, r, ga, be, cx, c0p](int64_t k, float xv, float dyv) {
-                    const float xhat = ((xv - ref[k]) - m[k]) * r[k];
-                    const float dz = dyv * ActivationGrad<A>(xhat * ga[k] + be[k]);
-                    return (ga[k] * dz - cx[k] * xhat - c0p[k]) * r[k];
-                  });
-    });
+      ForEachRowBlock(ctx, g, rb, 8, [&](int64_t sample, int64_t p0, int64_t p1) {
+        RowMap2(g, x, dy, dx, sample, p0, p1, 0, C, InputGrad<A>(tables[sample]));
+      });
+    } else {
+      ForEachUnit(ctx, g, 16, [&](const Unit& unit) {
+        const int64_t sample = unit.sample, c0 = unit.c0, width = unit.width;
+        GradTables tables(g, x, gamma, beta, mean, rstd, sample, c0, width);
+        double* sum_dz = partial_dbeta.data() + sample * g.c + c0;
+        double* sum_dz_xhat = partial_dgamma.data() + sample * g.c + c0;
+        // Pass 1: per channel, sums of dz and dz * xhat; pass 2: dx (from cache).
+        ChannelSums2(g, x, dy, sample, c0, width, sum_dz, sum_dz_xhat, GradSums<A>(tables));
+        tables.SetCoefficients(g, unit.g0, unit.g1, sum_dz, sum_dz_xhat);
+        ChannelMap2(g, x, dy, dx, sample, c0, width, InputGrad<A>(tables));
+      });
+    }
 
     float* dgamma = dgamma_t->flat<float>().data();
     float* dbeta = dbeta_t->flat<float>().data();

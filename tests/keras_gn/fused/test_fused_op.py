@@ -40,7 +40,11 @@ SHAPES = [
     ((2, 16, 5, 6), 1, 16),  # InstanceNorm-like
     ((2, 3, 4, 5, 32), -1, 4),  # video
     ((2, 32, 3, 4, 5), 1, 8),
+    # Channels-last by row blocks (fewer samples than units wanted): blocks
+    # of 2048, 2048 and 4 rows.
+    ((2, 4100, 64), -1, 8),
 ]
+ROW_BLOCK_SHAPE = SHAPES[-1]
 
 
 def fused_gn(x, gamma, beta, groups, axis, activation=None):
@@ -77,7 +81,7 @@ def test_fused_and_composite_agree_in_float32(shape, axis, groups):
 
 
 @pytest.mark.parametrize("activation", list(ACTIVATIONS))
-@pytest.mark.parametrize("shape, axis, groups", [SHAPES[0], SHAPES[3], SHAPES[7]])
+@pytest.mark.parametrize("shape, axis, groups", [SHAPES[0], SHAPES[3], SHAPES[7], ROW_BLOCK_SHAPE])
 def test_gradients_match_float64_autodiff(shape, axis, groups, activation):
     x, gamma, beta = random_inputs(shape, axis, seed=2)
     upstream = tf.constant(np.random.default_rng(3).normal(size=shape), tf.float32)
@@ -184,6 +188,27 @@ def test_large_offset_and_float16_near_max():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16], ids=lambda d: d.name)
+def test_row_blocks_give_the_bits_of_whole_sample_units(dtype):
+    # Alone, a channels-last sample this size goes by row blocks (fewer
+    # samples than units wanted); in a batch of 16, by whole-sample units.
+    shape, axis, groups = ROW_BLOCK_SHAPE
+    x, gamma, beta = random_inputs((16,) + shape[1:], axis, dtype, seed=7)
+    dy = tf.cast(np.random.default_rng(8).normal(size=x.shape), dtype)
+
+    def run(x, dy):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = fused_gn(x, gamma, beta, groups, axis, "silu")
+        return y, tape.gradient(y, x, output_gradients=dy)
+
+    y_batch, dx_batch = run(x, dy)
+    for i in (0, 15):
+        y_one, dx_one = run(x[i:i + 1], dy[i:i + 1])
+        np.testing.assert_array_equal(y_one[0].numpy(), y_batch[i].numpy())
+        np.testing.assert_array_equal(dx_one[0].numpy(), dx_batch[i].numpy())
+
+
 def test_results_do_not_depend_on_the_number_of_threads(tmp_path):
     script = textwrap.dedent(
         """
@@ -192,7 +217,8 @@ def test_results_do_not_depend_on_the_number_of_threads(tmp_path):
         from keras_gn import ops
         rng = np.random.default_rng(0)
         out = {}
-        for name, shape, axis in [("last", (3, 20, 20, 64), -1), ("first", (3, 64, 20, 20), 1)]:
+        for name, shape, axis in [("last", (3, 20, 20, 64), -1), ("first", (3, 64, 20, 20), 1),
+                                  ("rows", (3, 4100, 64), -1)]:
             x = tf.constant(rng.normal(size=shape), tf.float32)
             g, b = tf.constant(rng.normal(size=64), tf.float32), tf.constant(rng.normal(size=64), tf.float32)
             dy = tf.constant(rng.normal(size=shape), tf.float32)
