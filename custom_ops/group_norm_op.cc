@@ -286,30 +286,43 @@ void RowShifts(const Geometry& g, const T* x, int64_t sample, int64_t c0, int64_
   for (int64_t k = 0; k < width; ++k) shift[k] = ToFloat(first[k]);
 }
 
-// Channels-last, positions [p0, p1) (p0 a multiple of kChunk): the float32
-// shifted sums of channels [c0, c0 + width) over each chunk of kChunk
-// positions, into chunk1 / chunk2 ([chunk][width], from p0's chunk).
-template <typename T>
-void RowChunkMoments(const Geometry& g, const T* x, int64_t sample, int64_t p0, int64_t p1,
-                     int64_t c0, int64_t width, const float* shift, float* chunk1,
-                     float* chunk2) {
+// Channels-last, positions [p0, p1) (p0 a multiple of kChunk): for each
+// chunk of kChunk positions, the float32 sums over the chunk of the pair
+// f(k, i, &a, &b) (k: the channel from c0; i: the element's flat index),
+// into chunk_a / chunk_b ([chunk][width], from p0's chunk).
+template <typename F>
+void RowChunkSums(const Geometry& g, int64_t sample, int64_t p0, int64_t p1, int64_t c0,
+                  int64_t width, float* chunk_a, float* chunk_b, F f) {
   for (int64_t begin = p0; begin < p1; begin += kChunk) {
-    float* s1 = chunk1 + (begin - p0) / kChunk * width;
-    float* s2 = chunk2 + (begin - p0) / kChunk * width;
-    std::fill(s1, s1 + width, 0.0f);
-    std::fill(s2, s2 + width, 0.0f);
+    float* sa = chunk_a + (begin - p0) / kChunk * width;
+    float* sb = chunk_b + (begin - p0) / kChunk * width;
+    std::fill(sa, sa + width, 0.0f);
+    std::fill(sb, sb + width, 0.0f);
     const int64_t end = std::min(p1, begin + kChunk);
     for (int64_t p = begin; p < end; ++p) {
-      const T* row = x + g.Index(sample, p, c0);
+      const int64_t base = g.Index(sample, p, c0);
 #pragma omp simd
       for (int64_t k = 0; k < width; ++k) {
-        const float d = ToFloat(row[k]) - shift[k];
-        s1[k] += d;
-        s2[k] += d * d;
+        float a, b;
+        f(k, base + k, &a, &b);
+        sa[k] += a;
+        sb[k] += b;
       }
     }
   }
 }
+
+// The shifted sums (x - shift, (x - shift)^2) for RowChunkSums.
+template <typename T>
+struct ShiftedMoments {
+  const T* x;
+  const float* shift;
+  void operator()(int64_t k, int64_t i, float* a, float* b) const {
+    const float d = ToFloat(x[i]) - shift[k];
+    *a = d;
+    *b = d * d;
+  }
+};
 
 // sum[k] = the chunks' values of channel k added in chunk order, in float64:
 // the same result however the chunks were split between threads.
@@ -332,7 +345,8 @@ void ChannelMoments(const Geometry& g, const T* x, int64_t sample, int64_t c0,
     const int64_t chunks = Chunks(g.s);
     std::vector<float> chunk1(chunks * width), chunk2(chunks * width);
     RowShifts(g, x, sample, c0, width, shift);
-    RowChunkMoments(g, x, sample, 0, g.s, c0, width, shift, chunk1.data(), chunk2.data());
+    RowChunkSums(g, sample, 0, g.s, c0, width, chunk1.data(), chunk2.data(),
+                 ShiftedMoments<T>{x, shift});
     AddChunks(chunk1.data(), chunks, width, sum1);
     AddChunks(chunk2.data(), chunks, width, sum2);
   } else {
@@ -358,30 +372,6 @@ void ChannelMoments(const Geometry& g, const T* x, int64_t sample, int64_t c0,
   }
 }
 
-// Channels-last, positions [p0, p1) (p0 a multiple of kChunk): the float32
-// sums of f(channel, x, dy) over each chunk, into chunk_a / chunk_b
-// ([chunk][width], from p0's chunk).
-template <typename T, typename F>
-void RowChunkSums2(const Geometry& g, const T* x, const T* dy, int64_t sample, int64_t p0,
-                   int64_t p1, int64_t c0, int64_t width, float* chunk_a, float* chunk_b, F f) {
-  for (int64_t begin = p0; begin < p1; begin += kChunk) {
-    float* pa = chunk_a + (begin - p0) / kChunk * width;
-    float* pb = chunk_b + (begin - p0) / kChunk * width;
-    std::fill(pa, pa + width, 0.0f);
-    std::fill(pb, pb + width, 0.0f);
-    const int64_t end = std::min(p1, begin + kChunk);
-    for (int64_t p = begin; p < end; ++p) {
-      const int64_t base = g.Index(sample, p, c0);
-      for (int64_t k = 0; k < width; ++k) {
-        float a, b;
-        f(k, ToFloat(x[base + k]), ToFloat(dy[base + k]), &a, &b);
-        pa[k] += a;
-        pb[k] += b;
-      }
-    }
-  }
-}
-
 // Two inputs (x and dy) at once: sums of f(channel, x, dy) into out_a, out_b.
 template <typename T, typename F>
 void ChannelSums2(const Geometry& g, const T* x, const T* dy, int64_t sample,
@@ -389,7 +379,10 @@ void ChannelSums2(const Geometry& g, const T* x, const T* dy, int64_t sample,
   if (g.channels_last) {
     const int64_t chunks = Chunks(g.s);
     std::vector<float> chunk_a(chunks * width), chunk_b(chunks * width);
-    RowChunkSums2(g, x, dy, sample, 0, g.s, c0, width, chunk_a.data(), chunk_b.data(), f);
+    RowChunkSums(g, sample, 0, g.s, c0, width, chunk_a.data(), chunk_b.data(),
+                 [x, dy, &f](int64_t k, int64_t i, float* a, float* b) {
+                   f(k, ToFloat(x[i]), ToFloat(dy[i]), a, b);
+                 });
     AddChunks(chunk_a.data(), chunks, width, out_a);
     AddChunks(chunk_b.data(), chunks, width, out_b);
   } else {
@@ -724,8 +717,8 @@ class GroupNormOp : public GroupNormForwardBase {
     std::vector<float> chunk1(g.n * chunks * C), chunk2(g.n * chunks * C);
     ForEachRowBlock(ctx, g, rb, 4, [&](int64_t sample, int64_t p0, int64_t p1) {
       const int64_t at = (sample * chunks + p0 / kChunk) * C;
-      RowChunkMoments(g, x, sample, p0, p1, 0, C, shift.data() + sample * C,
-                      chunk1.data() + at, chunk2.data() + at);
+      RowChunkSums(g, sample, p0, p1, 0, C, chunk1.data() + at, chunk2.data() + at,
+                   ShiftedMoments<typename Storage<T>::type>{x, shift.data() + sample * C});
     });
     std::vector<Tables> tables;
     tables.reserve(g.n);
@@ -866,8 +859,11 @@ class GroupNormGradOp : public GroupNormBackwardBase {
       std::vector<float> chunk_a(g.n * chunks * C), chunk_b(g.n * chunks * C);
       ForEachRowBlock(ctx, g, rb, 8, [&](int64_t sample, int64_t p0, int64_t p1) {
         const int64_t at = (sample * chunks + p0 / kChunk) * C;
-        RowChunkSums2(g, x, dy, sample, p0, p1, 0, C, chunk_a.data() + at, chunk_b.data() + at,
-                      GradSums<A>(tables[sample]));
+        const GradSums<A> sums(tables[sample]);
+        RowChunkSums(g, sample, p0, p1, 0, C, chunk_a.data() + at, chunk_b.data() + at,
+                     [x, dy, &sums](int64_t k, int64_t i, float* a, float* b) {
+                       sums(k, ToFloat(x[i]), ToFloat(dy[i]), a, b);
+                     });
       });
       for (int64_t sample = 0; sample < g.n; ++sample) {
         double* sum_dz = partial_dbeta.data() + sample * C;
