@@ -205,8 +205,8 @@ struct Blocking {
 };
 
 // Channels-last by blocks of whole rows (all C channels of `rows`
-// positions, a multiple of kChunk): the statistics pass sums each block,
-// the blocks' sums are added per sample in block order, then the output
+// positions, a multiple of kChunk): the statistics pass sums each block's
+// chunks, each sample's chunk sums are added in order, then the output
 // pass maps each block. Used where a sample does not fit
 // kUnitBytesChannelsLast (its second pass would miss the cache whatever
 // the channel split, and narrow channel slices stream badly: a (4, 8, 56,
@@ -703,8 +703,8 @@ class GroupNormOp : public GroupNormForwardBase {
     });
   }
 
-  // Channels-last by row blocks (RowBlocking): the blocks' sums, added per
-  // sample in block order, then y block by block.
+  // Channels-last by row blocks (RowBlocking): each block's chunk sums,
+  // added per sample in chunk order, then y block by block.
   template <Activation A>
   void RunByRows(OpKernelContext* ctx, const Geometry& g, const RowBlocking& rb,
                  const typename Storage<T>::type* x, const float* gamma, const float* beta,
@@ -847,8 +847,8 @@ class GroupNormGradOp : public GroupNormBackwardBase {
     const RowBlocking rb(g, NumThreads(ctx));
 
     if (rb.active()) {
-      // Channels-last by row blocks: the blocks' sums, added per sample in
-      // block order, then dx block by block.
+      // Channels-last by row blocks (RowBlocking): each block's chunk sums,
+      // added per sample in chunk order, then dx block by block.
       const int64_t C = g.c;
       std::vector<GradTables> tables;
       tables.reserve(g.n);
