@@ -1041,7 +1041,10 @@ cudaError_t ForwardTyped(const Shape& s, DType dtype, Activation activation, flo
   T* yt = static_cast<T*>(y);
   char* ws = static_cast<char*>(workspace);
   constexpr int kVec = 16 / sizeof(T);
-  const size_t limit = kSinglePassBytes > 0 && Positions(s) > 1 ? SinglePassLimit() : 0;
+  // The device query only where the one-pass kernel could take this layout.
+  const bool layout_can = s.b != 1 || KERAS_GN_SINGLE_PASS_CL_ROW_BYTES > 0;
+  const size_t limit =
+      kSinglePassBytes > 0 && Positions(s) > 1 && layout_can ? SinglePassLimit() : 0;
   if (SinglePass(s, sizeof(T), limit)) {
     if (s.b == 1) {  // channels-last: vectors also within a group's channels
       return vec == kVec && (s.c / s.groups) % kVec == 0
