@@ -25,11 +25,11 @@ SLICE_EVERY, SLICE_TOLERANCE = 5, 2.5
 MINIMUM_ACCURACY = {"resnet20_gn.cifar10": 88.8}
 
 
-def build(tag, **kwargs):
+def build(tag):
     """The zoo model of `tag` with those weights, by the dataset alias."""
     entry = zoo.get_weights_info(tag)
     assert entry.default_for == "cifar10", tag
-    return getattr(zoo, entry.arch)(weights="cifar10", **kwargs)
+    return getattr(zoo, entry.arch)(weights="cifar10")
 
 
 @pytest.mark.parametrize("tag", SHIPPED)

@@ -187,7 +187,6 @@ def test_large_offset_and_float16_near_max():
                                reference.group_norm(x16.numpy(), groups=4), **TOLERANCES[tf.float16])
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16], ids=lambda d: d.name)
 def test_row_blocks_give_the_bits_of_whole_sample_units(dtype):
     # Alone, a channels-last sample this size goes by row blocks (fewer
@@ -209,6 +208,7 @@ def test_row_blocks_give_the_bits_of_whole_sample_units(dtype):
         np.testing.assert_array_equal(dx_one[0].numpy(), dx_batch[i].numpy())
 
 
+@pytest.mark.slow
 def test_results_do_not_depend_on_the_number_of_threads(tmp_path):
     script = textwrap.dedent(
         """
