@@ -702,17 +702,18 @@ size_t GroupSliceBytes(const Shape& s, size_t element_bytes) {
   return static_cast<size_t>(s.c / s.groups) * static_cast<size_t>(Positions(s)) * element_bytes;
 }
 
-// Whether the one-pass kernel takes this forward.
-bool SinglePass(const Shape& s, size_t element_bytes, size_t limit) {
-  const size_t bytes = GroupSliceBytes(s, element_bytes);
+// Whether the one-pass kernel can take this forward's layout and groups;
+// it does where the group slice also fits SinglePassLimit() (a device
+// query, so asked only then).
+bool SinglePassShape(const Shape& s, size_t element_bytes) {
   constexpr size_t kRowBytes = KERAS_GN_SINGLE_PASS_CL_ROW_BYTES;
-  const bool channels_last = s.b == 1;
-  if (channels_last &&
-      (kRowBytes == 0 || static_cast<size_t>(s.c / s.groups) * element_bytes < kRowBytes)) {
+  if (kSinglePassBytes == 0 || (s.a != 1 && s.b != 1) || Positions(s) <= 1 ||
+      s.n * s.groups > 0x7fffffff) {
     return false;
   }
-  return (s.a == 1 || s.b == 1) && Positions(s) > 1 && bytes > 0 && bytes <= limit &&
-         s.n * s.groups <= 0x7fffffff;
+  const bool channels_last = s.b == 1;
+  return !channels_last ||
+         (kRowBytes > 0 && static_cast<size_t>(s.c / s.groups) * element_bytes >= kRowBytes);
 }
 
 template <typename T, int V, bool kChannelsLast>
@@ -1041,11 +1042,9 @@ cudaError_t ForwardTyped(const Shape& s, DType dtype, Activation activation, flo
   T* yt = static_cast<T*>(y);
   char* ws = static_cast<char*>(workspace);
   constexpr int kVec = 16 / sizeof(T);
-  // The device query only where the one-pass kernel could take this layout.
-  const bool layout_can = s.b != 1 || KERAS_GN_SINGLE_PASS_CL_ROW_BYTES > 0;
-  const size_t limit =
-      kSinglePassBytes > 0 && Positions(s) > 1 && layout_can ? SinglePassLimit() : 0;
-  if (SinglePass(s, sizeof(T), limit)) {
+  const size_t bytes = GroupSliceBytes(s, sizeof(T));
+  const size_t limit = SinglePassShape(s, sizeof(T)) ? SinglePassLimit() : 0;
+  if (bytes > 0 && bytes <= limit) {
     if (s.b == 1) {  // channels-last: vectors also within a group's channels
       return vec == kVec && (s.c / s.groups) % kVec == 0
                  ? LaunchSinglePass<T, kVec, true>(s, limit, activation, epsilon, xt, gamma,
