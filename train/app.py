@@ -53,7 +53,7 @@ flags.DEFINE_enum("norm", "gn", ["gn", "bn"], "Normalization of the model.")
 flags.DEFINE_integer("groups", None, "GN groups. Default: 32, or those of the --init weights.", lower_bound=1)
 flags.DEFINE_integer("group_size", None, "GN channels per group instead of --groups.", lower_bound=1)
 flags.DEFINE_bool("weight_standardization", False, "Weight Standardization of every convolution (GN+WS, "
-                  "Qiao et al. 2019), for the zoo's ResNets. Default: off, or as the --init weights were trained.")
+                  "Qiao et al. 2019). Default: off, or as the --init weights were trained.")
 flags.DEFINE_bool("sync_bn", False, "Synchronize BN statistics across replicas (default: per replica, as in the paper).")
 flags.DEFINE_float("base_learning_rate", None, "Learning rate per reference batch (0.1 per 256 ImageNet, per 128 CIFAR).",
                    lower_bound=0.0)
@@ -98,9 +98,6 @@ def _validate_and_recipe():
         _fail(f"--per_replica_batch_size={FLAGS.per_replica_batch_size} must be at least 1.")
     if FLAGS.strategy != "mirrored" and FLAGS.num_cpu_devices > 1:
         _fail("--num_cpu_devices needs --strategy=mirrored.")
-    if FLAGS.weight_standardization and FLAGS.model not in zoo.resnet.ARCHS:
-        _fail(f"--weight_standardization is for the zoo's ResNets, not --model={FLAGS.model}; "
-              f"valid: {sorted(zoo.resnet.ARCHS)}.")
     if FLAGS.init and not os.path.exists(FLAGS.init):
         try:
             zoo.weights.resolve(FLAGS.model, FLAGS.init)

@@ -33,6 +33,7 @@ def VGG(
     group_size=None,
     epsilon=1e-5,
     dropout=0.5,
+    weight_standardization=None,
     sync_bn=False,
     include_preprocessing=None,
     default_input_shape=(224, 224, 3),
@@ -40,7 +41,10 @@ def VGG(
 ):
     """The configurable VGG: `stages` of (filters, convs), each ending in a
     2x2 max pool; with `include_top`, Flatten + `fc_units` dense layers
-    (ReLU, dropout) + the classifier. Other arguments as in `vgg16_gn`."""
+    (ReLU, dropout) + the classifier. `weight_standardization`: every
+    convolution a `keras_gn.WeightStandardizedConv2D` (GN+WS); defaults to
+    `None`: as the weights were trained, else `False`. Other arguments as
+    in `vgg16_gn`."""
     check_norm(norm)
     if not include_top and input_shape is None and input_tensor is None:
         default_input_shape = (None, None, 3)
@@ -48,9 +52,11 @@ def VGG(
     inputs, x = common.model_inputs(input_tensor, input_shape, default_input_shape, preprocessing)
     axis = common.channel_axis()
     groups, group_size = weights_lib.grouping(name, weights, groups, group_size)
+    standardize = weights_lib.weight_standardization(name, weights, weight_standardization)
     for b, (filters, convs) in enumerate(stages, start=1):
         for i in range(1, convs + 1):
-            x = common.padded_conv(x, filters, 3, name=f"block{b}_conv{i}")
+            x = common.padded_conv(x, filters, 3, name=f"block{b}_conv{i}",
+                                   weight_standardization=standardize)
             x = norm_layer(norm, filters, groups=groups, group_size=group_size, epsilon=epsilon,
                            axis=axis, sync_bn=sync_bn, name=f"block{b}_conv{i}_norm")(x)
             x = keras.layers.ReLU(name=f"block{b}_conv{i}_relu")(x)
@@ -76,7 +82,10 @@ _DOC = """Instantiates {title} with Group Normalization after every convolution.
     Args:
         {args}
         **kwargs: other `zoo.VGG` arguments: `epsilon` (defaults to `1e-5`),
-            `dropout` (of the fully connected layers; defaults to `0.5`).
+            `dropout` (of the fully connected layers; defaults to `0.5`),
+            `weight_standardization` (`keras_gn.WeightStandardizedConv2D`
+            convolutions, GN+WS; defaults to `None`: as the weights were
+            trained, else `False`).
 
     Returns:
         A `keras.Model`.

@@ -271,8 +271,6 @@ def test_a_damaged_backup_falls_back_to_the_one_before(tmp_path):
     (["--init=in1k_nothing"], "--init=in1k_nothing: weights='in1k_nothing' is neither None"),
     (["--cutout=40"], "--cutout=40; valid: 0 (none) to the image size, 32."),
     (["--schedule=linear"], "value should be one of <step|cosine>"),
-    (["--model=vgg16_cifar_gn", "--weight_standardization"],
-     "--weight_standardization is for the zoo's ResNets, not --model=vgg16_cifar_gn; valid: "),
     (["--epochs=0"], "flag --epochs=0: 0 is not a positive integer"),
     (["--epochs=-2"], "flag --epochs=-2"),
     (["--steps_per_epoch=-1"], "flag --steps_per_epoch=-1"),

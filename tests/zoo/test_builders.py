@@ -63,9 +63,9 @@ def test_cifar_groups_are_chosen_for_16_channels():
             if isinstance(l, keras_gn.GroupNormalization)} == {2, 4, 8}
 
 
-@pytest.mark.parametrize("name", ["resnet20_gn", "resnet50_gn"])
+@pytest.mark.parametrize("name", ["resnet20_gn", "resnet50_gn", "vgg16_cifar_gn"])
 def test_weight_standardization_standardizes_every_convolution(name):
-    size = 32 if name == "resnet20_gn" else 64
+    size = 64 if name == "resnet50_gn" else 32
     ws = zoo.get_model(name)(input_shape=(size, size, 3), weight_standardization=True)
     plain = zoo.get_model(name)(input_shape=(size, size, 3))
     convs = [l for l in ws.layers if isinstance(l, keras.layers.Conv2D)]
