@@ -90,14 +90,15 @@ def builder_args(run):
     return args
 
 
-def build(arch, recipe, num_classes, args):
+def build(arch, recipe, num_classes, args, classifier_activation="softmax"):
     """The zoo model with the recipe's normalization after its input."""
     import keras
 
     import zoo
 
     inputs = keras.Input((recipe.image_size, recipe.image_size, 3), name="image")
-    return zoo.get_model(arch)(input_tensor=recipes.preprocessing(recipe)(inputs), classes=num_classes, **args)
+    return zoo.get_model(arch)(input_tensor=recipes.preprocessing(recipe)(inputs), classes=num_classes,
+                               classifier_activation=classifier_activation, **args)
 
 
 def evaluation_split(run, recipe, data_dir):
@@ -115,9 +116,10 @@ def evaluation_split(run, recipe, data_dir):
 
 
 def evaluate(model, dataset, examples):
-    """Top-1 accuracy and mean cross-entropy of `model` (which outputs
-    softmax probabilities, as the zoo's models do) on `dataset`, with a
-    progress bar."""
+    """Top-1 accuracy and mean cross-entropy of `model`, which outputs
+    logits (the loss the run logged is from logits: probabilities would
+    underflow to 0 where a logit leads by more than ~87 and cap the loss),
+    on `dataset`, with a progress bar."""
     import keras
     import numpy as np
 
@@ -125,11 +127,12 @@ def evaluate(model, dataset, examples):
     cross_entropy = 0.0
     progress = keras.utils.Progbar(examples, unit_name="image")
     for images, labels in dataset:
-        probabilities = np.asarray(model.predict_on_batch(images), np.float64)
+        logits = np.asarray(model.predict_on_batch(images), np.float64)
         labels = labels.numpy()
-        correct += int(np.sum(np.argmax(probabilities, axis=-1) == labels))
-        of_label = probabilities[np.arange(len(labels)), labels]
-        cross_entropy -= float(np.sum(np.log(np.maximum(of_label, np.finfo(np.float32).tiny))))
+        correct += int(np.sum(np.argmax(logits, axis=-1) == labels))
+        top = logits.max(axis=-1)
+        log_normalizer = top + np.log(np.exp(logits - top[:, None]).sum(axis=-1))
+        cross_entropy += float(np.sum(log_normalizer - logits[np.arange(len(labels)), labels]))
         seen += len(labels)
         progress.update(seen)
     return correct / seen, cross_entropy / seen
@@ -205,7 +208,9 @@ def publish(model_dir, tag, data_dir=None, dataset_name="cifar10", default_for=N
             f"{model_dir}/final.weights.h5 does not fit the model that results.json describes ({error}): "
             "these are not the weights the run trained.") from error
     dataset, run["test_examples"] = evaluation_split(run, recipe, data_dir)
-    top1, loss = evaluate(model, dataset, run["test_examples"])
+    scorer = build(arch, recipe, run["num_classes"], grouping, classifier_activation=None)
+    scorer.set_weights(model.get_weights())
+    top1, loss = evaluate(scorer, dataset, run["test_examples"])
     last = run["history"][-1]
     if abs(top1 - last["val_accuracy"]) > ACCURACY_TOLERANCE or abs(loss - last["val_loss"]) > LOSS_TOLERANCE:
         raise PublishError(

@@ -139,14 +139,20 @@ def test_runs_that_cannot_be_shipped(finished_run, zoo_dirs, tmp_path, changes, 
         publish_lib.publish(str(run_copy(finished_run, tmp_path, **changes)), "fake")
 
 
-def test_a_weight_standardized_run_ships_with_it(tmp_path, zoo_dirs):
-    train(*SMOKE, "--weight_standardization", "--groups=4", "--per_replica_batch_size=256", "--epochs=1",
-          f"--model_dir={tmp_path / 'ws'}")
+@pytest.mark.parametrize("arch, conv, replicas", [
+    ("resnet20_gn", "conv1_conv", 1),
+    ("vgg16_cifar_gn", "block1_conv1", 8),  # the zoo's VGG-16-GN weights are trained this way
+])
+def test_a_weight_standardized_run_ships_with_it(tmp_path, zoo_dirs, arch, conv, replicas):
+    distribute = ["--strategy=mirrored", f"--num_cpu_devices={replicas}"] if replicas > 1 else []
+    train(*SMOKE, f"--model={arch}", "--weight_standardization", "--groups=4", *distribute,
+          f"--per_replica_batch_size={256 // replicas}", "--epochs=1", f"--model_dir={tmp_path / 'ws'}")
     entry = publish_lib.publish(str(tmp_path / "ws"), "fake_ws", dataset_name="fake")
+    assert entry["tag"] == f"{arch}.fake_ws" and entry["training"]["replicas"] == replicas
     assert entry["builder_args"] == {"groups": 4, "weight_standardization": True}
     assert "--weight_standardization" in entry["training"]["command"].split()
-    model = zoo.resnet20_gn(weights="fake_ws")
-    assert isinstance(model.get_layer("conv1_conv"), keras_gn.WeightStandardizedConv2D)
+    model = zoo.get_model(arch)(weights="fake_ws")
+    assert isinstance(model.get_layer(conv), keras_gn.WeightStandardizedConv2D)
 
 
 def test_an_unfinished_run_says_so(tmp_path, zoo_dirs):
