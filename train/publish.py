@@ -90,15 +90,16 @@ def builder_args(run):
     return args
 
 
-def build(arch, recipe, num_classes, args, classifier_activation="softmax"):
-    """The zoo model with the recipe's normalization after its input."""
+def build(arch, recipe, num_classes, args):
+    """The zoo model with the recipe's normalization after its input,
+    outputting logits (as the run trained it)."""
     import keras
 
     import zoo
 
     inputs = keras.Input((recipe.image_size, recipe.image_size, 3), name="image")
     return zoo.get_model(arch)(input_tensor=recipes.preprocessing(recipe)(inputs), classes=num_classes,
-                               classifier_activation=classifier_activation, **args)
+                               classifier_activation=None, **args)
 
 
 def evaluation_split(run, recipe, data_dir):
@@ -208,9 +209,7 @@ def publish(model_dir, tag, data_dir=None, dataset_name="cifar10", default_for=N
             f"{model_dir}/final.weights.h5 does not fit the model that results.json describes ({error}): "
             "these are not the weights the run trained.") from error
     dataset, run["test_examples"] = evaluation_split(run, recipe, data_dir)
-    scorer = build(arch, recipe, run["num_classes"], grouping, classifier_activation=None)
-    scorer.set_weights(model.get_weights())
-    top1, loss = evaluate(scorer, dataset, run["test_examples"])
+    top1, loss = evaluate(model, dataset, run["test_examples"])
     last = run["history"][-1]
     if abs(top1 - last["val_accuracy"]) > ACCURACY_TOLERANCE or abs(loss - last["val_loss"]) > LOSS_TOLERANCE:
         raise PublishError(
@@ -239,7 +238,7 @@ def publish(model_dir, tag, data_dir=None, dataset_name="cifar10", default_for=N
     import zoo
 
     images = next(iter(dataset))[0]
-    loaded = zoo.get_model(arch)(weights=entry["tag"], classes=run["num_classes"])
+    loaded = zoo.get_model(arch)(weights=entry["tag"], classes=run["num_classes"], classifier_activation=None)
     if not np.array_equal(loaded.predict_on_batch(images), model.predict_on_batch(images)):
         if old_registry is None:
             registry_file.unlink()
