@@ -33,6 +33,7 @@ one TensorFlow was built with is used.
 Prebuild from the command line: `python -m keras_gn.fused build [--cuda]`.
 """
 
+import functools
 import glob
 import hashlib
 import os
@@ -53,6 +54,14 @@ CUDA_LIBRARY_STEM = "keras_gn_group_norm_op_cuda"
 
 class BuildError(RuntimeError):
     """The op could not be compiled; the message says why and what to do."""
+
+
+def compile_failure(what, output):
+    """A `BuildError` whose first line, all that the layer's one-line warning
+    shows, names the compiler's first error; the output's end follows."""
+    first = next((line.strip() for line in output.splitlines() if "error:" in line), None)
+    summary = f"{what} ({first})" if first else what
+    return BuildError(f"{summary}:\n{output[-4000:]}")
 
 
 def cache_dir():
@@ -80,6 +89,21 @@ def _cpu_signature():
     return platform.machine() + flags
 
 
+@functools.lru_cache(maxsize=None)
+def isa_exclusions(cxx, march):
+    """`-mno-...` flags for the instructions `-march=march` enables that the
+    installed TensorFlow's headers cannot be compiled for.
+
+    AVX512-FP16 (Sapphire Rapids and later): TensorFlow's bundled Eigen then
+    compiles its `PacketMathFP16.h`, which g++ rejects ("expected initializer
+    before '<' token"). The op does no half-precision arithmetic (float16 is
+    converted to float32 for the math), so nothing is lost without it.
+    """
+    defined = subprocess.run([cxx, f"-march={march}", "-dM", "-E", "-x", "c++", os.devnull],
+                             capture_output=True, text=True).stdout
+    return ["-mno-avx512fp16"] if "__AVX512FP16__" in defined else []
+
+
 def command(cxx, output, cuda=None):
     """The compile-and-link command of the op library; with `cuda` (a
     `CudaToolchain` and the kernels' object file), the GPU kernels too."""
@@ -93,7 +117,8 @@ def command(cxx, output, cuda=None):
         cuda_inputs = [str(objects)]
         cuda_libs = toolchain.link_flags
     return (
-        [cxx, "-std=c++17", "-O3", f"-march={march}", "-fopenmp-simd", "-shared", "-fPIC", "-w"]
+        [cxx, "-std=c++17", "-O3", f"-march={march}", *isa_exclusions(cxx, march)]
+        + ["-fopenmp-simd", "-shared", "-fPIC", "-w"]
         + tf.sysconfig.get_compile_flags()
         + cuda_flags
         + [str(SOURCE)]
@@ -148,9 +173,7 @@ def build(force=False, cuda=False, nvcc=None, archs=None):
     try:
         result = subprocess.run(command(cxx, partial), capture_output=True, text=True)
         if result.returncode != 0:
-            raise BuildError(
-                f"compiling {SOURCE.name} failed with {cxx}:\n{result.stderr[-4000:]}"
-            )
+            raise compile_failure(f"compiling {SOURCE.name} failed with {cxx}", result.stderr)
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
@@ -380,6 +403,6 @@ def _build_cuda(force, nvcc, archs):
         for step, failure in steps:
             result = subprocess.run(step, capture_output=True, text=True)
             if result.returncode != 0:
-                raise BuildError(f"{failure}:\n{(result.stdout + result.stderr)[-4000:]}")
+                raise compile_failure(failure, result.stdout + result.stderr)
         os.replace(partial, path)
     return path

@@ -32,6 +32,28 @@ def test_build_is_cached(monkeypatch, tmp_path, capsys):
     assert path.stat().st_mtime_ns == mtime
 
 
+def fake_compiler(tmp_path, predefined):
+    """A "compiler" whose preprocessor run (`-dM -E`) prints `predefined`."""
+    script = tmp_path / "fake-g++"
+    script.write_text(f"#!/bin/sh\nprintf '%s\\n' '{predefined}'\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_avx512_fp16_is_left_out_where_march_enables_it(tmp_path):
+    # TensorFlow's Eigen does not compile for AVX512-FP16 (Sapphire Rapids):
+    # with -march=native there, the op failed to build and the layer fell back.
+    cxx = fake_compiler(tmp_path, "#define __AVX512F__ 1\n#define __AVX512FP16__ 1")
+    assert builder.isa_exclusions(cxx, "native") == ["-mno-avx512fp16"]
+    assert "-mno-avx512fp16" in builder.command(cxx, "OUT")
+
+
+def test_nothing_is_left_out_where_march_does_not_enable_avx512_fp16(tmp_path):
+    cxx = fake_compiler(tmp_path, "#define __AVX512F__ 1\n#define __AVX2__ 1")
+    assert builder.isa_exclusions(cxx, "native") == []
+    assert not [flag for flag in builder.command(cxx, "OUT") if flag.startswith("-mno-")]
+
+
 def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("KERAS_GN_CACHE_DIR", str(tmp_path / "cache"))
     assert builder.library_path(builder.compiler()).parent == tmp_path / "cache" / "ops"
@@ -51,6 +73,8 @@ def test_failed_compilation_is_a_build_error_with_the_compiler_output(monkeypatc
     with pytest.raises(builder.BuildError, match="compiling group_norm_op.cc failed") as error:
         builder.build()
     assert "error" in str(error.value)
+    # Its first line, all the layer's fallback warning shows, names the error.
+    assert "group_norm_op.cc:1:" in str(error.value).splitlines()[0]
     # A compilation is announced, once, before the wait.
     assert capsys.readouterr().err.count("keras_gn: building the fused GroupNormalization op (once") == 1
     assert not list((tmp_path / "cache" / "ops").glob("*"))  # no partial library left
