@@ -2,7 +2,7 @@
 train.experiments`, `python -m zoo.convert`) share: a `--help` that lists
 their flags, one line each, and exits 0.
 
-Their `__main__` modules also set `TF_CPP_MIN_LOG_LEVEL=3` unless the user
+They also set `TF_CPP_MIN_LOG_LEVEL=3` unless the user
 set it, before TensorFlow is imported (importing this package imports it):
 on a machine without a GPU, TensorFlow's CUDA build logs a `failed call to
 cuInit` error at every start, which nobody can act on.

@@ -423,6 +423,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # see keras_gn.command_line
     from keras_gn import command_line
 
     command_line.run(main, __doc__, __name__)

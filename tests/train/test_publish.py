@@ -8,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 
+import h5py
+import keras
 import numpy as np
 import pytest
 
@@ -83,6 +85,43 @@ def test_a_run_is_measured_registered_and_loadable(finished_run, zoo_dirs):
     images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype("float32")
     normalized = (images / 255 - np.array(entry["preprocessing"]["mean"])) / entry["preprocessing"]["std"]
     np.testing.assert_allclose(plain.predict_on_batch(normalized), model.predict_on_batch(images), atol=1e-5)
+
+
+def test_float16_storage_halves_the_file_and_registers_what_it_reaches(finished_run, zoo_dirs):
+    _, pretrained = zoo_dirs
+    full = publish_lib.publish(str(finished_run), "fake32", dataset_name="fake")
+    half = publish_lib.publish(str(finished_run), "fake16", dataset_name="fake", storage_dtype="float16")
+
+    full_file, half_file = pretrained / full["packaged"], pretrained / half["packaged"]
+    assert half_file.stat().st_size < 0.6 * full_file.stat().st_size
+    with h5py.File(half_file, "r") as stored:
+        arrays = []
+        stored.visititems(lambda name, item: arrays.append(item.dtype) if isinstance(item, h5py.Dataset) else None)
+    assert arrays and set(arrays) == {np.dtype("float16")}
+    assert half["metric"]["top1_accuracy_float32_weights"] == full["metric"]["top1_accuracy"]
+    assert "weights stored as float16" in half["metric"]["evaluation"]
+    assert "top1_accuracy_float32_weights" not in full["metric"] and "float16" not in full["metric"]["evaluation"]
+    # The shipped file gives back the float32 weights rounded to float16,
+    # in float32 variables (the accuracy registered is measured on these):
+    loaded_full, loaded_half = (zoo.resnet20_gn(weights=tag, classes=full["classes"]) for tag in ("fake32", "fake16"))
+    for float32, rounded in zip(loaded_full.weights, loaded_half.weights, strict=True):
+        assert rounded.dtype == "float32"
+        np.testing.assert_array_equal(rounded.numpy(), float32.numpy().astype(np.float16).astype(np.float32))
+
+
+def test_weights_beyond_float16s_range_are_refused():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, name="head")])
+    model.get_layer("head").kernel.assign([[1.0], [7e4]])
+    with pytest.raises(publish_lib.PublishError, match=r"head/kernel has values beyond float16's range "
+                                                       r"\(largest magnitude 7e\+04\): publish with "
+                                                       r"--storage_dtype=float32"):
+        publish_lib.round_weights(model, "float16")
+
+
+def test_an_unknown_storage_dtype_is_refused(finished_run, zoo_dirs):
+    with pytest.raises(publish_lib.PublishError, match=r"storage_dtype='int8' is not one of \('float32', "
+                                                       r"'float16'\)"):
+        publish_lib.publish(str(finished_run), "fake", storage_dtype="int8")
 
 
 def test_an_older_run_without_its_command_gets_one_from_its_flags(finished_run, zoo_dirs, tmp_path):
