@@ -13,7 +13,7 @@ import keras_gn
 import zoo
 from zoo import weights as weights_lib
 
-SHIPPED = ["resnet20_gn.cifar10"]
+SHIPPED = ["resnet20_gn.cifar10", "vgg16_cifar_gn.cifar10"]
 # Every 5th test image: 2,000 images of all classes. At ~89% accuracy the
 # binomial standard deviation of such a slice is 0.70 points; 2.5 points is
 # more than 3 of them.
@@ -21,8 +21,9 @@ SLICE_EVERY, SLICE_TOLERANCE = 5, 2.5
 # Floors that stop a broken or worse run from replacing shipped weights.
 # resnet20_gn.cifar10 reaches 88.86%, within 1 point of a BN ResNet-20
 # trained with the same recipe on the same JPEG CIFAR-10 (89.77%): the
-# package's target for it.
-MINIMUM_ACCURACY = {"resnet20_gn.cifar10": 88.8}
+# package's target for it. vgg16_cifar_gn.cifar10 (GN+WS, 8 replicas x 16,
+# 30 epochs) reaches 88.44% as shipped (float16), 2.56 points short of the 91% target.
+MINIMUM_ACCURACY = {"resnet20_gn.cifar10": 88.8, "vgg16_cifar_gn.cifar10": 88.3}
 
 
 def build(tag):
@@ -50,6 +51,28 @@ def test_resnet20_gn_cifar10_builds_as_it_was_trained():
     convolutions = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
     assert len(convolutions) == 21  # 19 in the blocks and the stem, 2 projection shortcuts
     assert all(isinstance(layer, keras_gn.WeightStandardizedConv2D) for layer in convolutions)
+
+
+def test_vgg16_cifar_gn_cifar10_builds_as_it_was_trained():
+    model = zoo.vgg16_cifar_gn(weights="cifar10")
+    entry = zoo.get_weights_info("vgg16_cifar_gn.cifar10")
+    assert entry.builder_args == {"weight_standardization": True}
+    assert entry.training["replicas"] == 8 and entry.training["global_batch_size"] == 128
+    norms = [layer for layer in model.layers if isinstance(layer, keras_gn.GroupNormalization)]
+    assert len(norms) == 13 and {layer.groups for layer in norms} == {32}
+    convolutions = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert len(convolutions) == 13
+    assert all(isinstance(layer, keras_gn.WeightStandardizedConv2D) for layer in convolutions)
+    # Stored as float16: every weight is a float16 value in the float32 model.
+    kernel = model.get_layer("block5_conv3").kernel.numpy()
+    assert kernel.dtype == np.float32 and np.array_equal(kernel, kernel.astype("float16").astype("float32"))
+
+
+def test_the_224_px_vgg16_gn_points_to_the_cifar_vgg():
+    # The CIFAR weights fit the 32-px VGG-16 (one classifier), not the
+    # 224-px one with two 4,096-unit layers: asking that one says where they are.
+    with pytest.raises(ValueError, match=r"No 'cifar10' weights .* exist for: .*vgg16_cifar_gn"):
+        zoo.vgg16_gn(weights="cifar10")
 
 
 @pytest.mark.parametrize("tag", SHIPPED)
