@@ -18,8 +18,17 @@ weights are rounded to float16 values, measured again as rounded (the
 registered accuracy is the shipped file's; the float32 weights' accuracy
 is registered beside it) and stored as float16; Keras loads them into the
 model's float32 variables exactly.
+
+`--release_url=<base URL>` is for files too large to keep in the
+repository: the file goes to `--output_dir` (default `dist/weights/`)
+instead of `zoo/pretrained/`, and the entry registers
+`<base URL>/<file name>` with its sha256, as the ImageNet weights are.
+The reload check then goes through the download path (from the output
+directory as a mirror), so the registered URL, name and sha256 are the
+ones tested; upload the file to that URL before releasing the registry.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -35,6 +44,7 @@ if __name__ == "__main__":  # before TensorFlow is imported: see keras_gn.comman
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from train import recipe as recipes  # noqa: E402
+from zoo import download  # noqa: E402
 from zoo import weights as weights_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -50,6 +60,8 @@ ACCURACY_TOLERANCE = 0.0005
 LOSS_TOLERANCE = 0.001
 # How the shipped file may store the weights.
 STORAGE_DTYPES = ("float32", "float16")
+# Where the files of `--release_url` entries are written, to be uploaded.
+RELEASE_DIR = "dist/weights"
 
 
 class PublishError(ValueError):
@@ -194,8 +206,35 @@ def store_as(path, dtype):
     original.unlink()
 
 
+def check_release_url(release_url):
+    if not release_url.startswith(("https://", "http://")):
+        raise PublishError(f"release_url={release_url!r} is not an http(s) URL: give the base URL the file "
+                           "will be uploaded under, e.g. https://github.com/<owner>/keras-gn/releases/download/v1.0")
+
+
+def release_location(release_url, filename):
+    """`{"url", "filename"}` of a file uploaded under `release_url`."""
+    check_release_url(release_url)
+    return {"url": f"{release_url.rstrip('/')}/{filename}", "filename": filename}
+
+
+@contextlib.contextmanager
+def mirrored_from(directory):
+    """Downloads read `directory` (a `KERAS_GN_WEIGHTS_MIRROR`) meanwhile."""
+    name = "KERAS_GN_WEIGHTS_MIRROR"
+    before = os.environ.get(name)
+    os.environ[name] = pathlib.Path(directory).resolve().as_uri()
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = before
+
+
 def registry_entry(arch, tag, run, recipe, grouping, top1, sha256, filename, dataset_name, default_for, notes="",
-                   storage_dtype="float32", float32_top1=None):
+                   storage_dtype="float32", float32_top1=None, release_url=None):
     run_flags = run["flags"]
     machine_specific = ("model_dir", "data_dir", "verbose")
     if "command_flags" in run:  # the flags as given
@@ -206,10 +245,11 @@ def registry_entry(arch, tag, run, recipe, grouping, top1, sha256, filename, dat
     command = ["python -m train"] + given
     stored = "" if storage_dtype == "float32" else f", weights stored as {storage_dtype}"
     float32_metric = {} if float32_top1 is None else {"top1_accuracy_float32_weights": round(100 * float32_top1, 2)}
+    location = release_location(release_url, filename) if release_url else {"packaged": filename}
     return {
         "tag": f"{arch}.{tag}",
         "format": "keras",
-        "packaged": filename,
+        **location,
         "sha256": sha256,
         "source": "Trained with keras-gn (train/, python -m train); shipped with python -m train.publish.",
         "license": "Apache-2.0",
@@ -247,17 +287,21 @@ def registry_entry(arch, tag, run, recipe, grouping, top1, sha256, filename, dat
 
 
 def publish(model_dir, tag, data_dir=None, dataset_name="cifar10", default_for=None, notes="",
-            storage_dtype="float32"):
-    """Measures, writes into `zoo/pretrained/` and registers a run's
+            storage_dtype="float32", release_url=None, output_dir=RELEASE_DIR):
+    """Measures, writes into `zoo/pretrained/` (or `output_dir`) and registers a run's
     weights (`notes`: said in the entry after the fixed first sentence;
-    `storage_dtype`: one of `STORAGE_DTYPES`, see the module docstring);
-    returns the registry entry."""
+    `storage_dtype`: one of `STORAGE_DTYPES`; `release_url`: register the
+    file as downloaded from there, written to `output_dir`: see the module
+    docstring); returns the registry entry."""
     import numpy as np
 
     if storage_dtype not in STORAGE_DTYPES:
         raise PublishError(f"storage_dtype={storage_dtype!r} is not one of {STORAGE_DTYPES}.")
+    if release_url:
+        check_release_url(release_url)  # before the measuring
 
-    registry_file, pretrained_dir = weights_lib.REGISTRY_FILE, weights_lib.PACKAGED_DIR
+    registry_file = weights_lib.REGISTRY_FILE
+    target_dir = pathlib.Path(output_dir) if release_url else weights_lib.PACKAGED_DIR
     run = read_run(model_dir)
     recipe, arch = run_recipe(run), run["flags"]["model"]
     grouping = builder_args(run)
@@ -287,13 +331,13 @@ def publish(model_dir, tag, data_dir=None, dataset_name="cifar10", default_for=N
         top1, loss = evaluate(model, dataset, run["test_examples"])
 
     filename = f"{arch}.{tag}.weights.h5"
-    pretrained_dir.mkdir(parents=True, exist_ok=True)
-    path = pretrained_dir / filename
+    target_dir.mkdir(parents=True, exist_ok=True)
+    path = target_dir / filename
     model.save_weights(path)
     if storage_dtype != "float32":
         store_as(path, storage_dtype)
     entry = registry_entry(arch, tag, run, recipe, grouping, top1, weights_lib.sha256_of(path), filename,
-                           dataset_name, default_for, notes, storage_dtype, float32_top1)
+                           dataset_name, default_for, notes, storage_dtype, float32_top1, release_url)
 
     old_registry = registry_file.read_text() if registry_file.exists() else None
     records = json.loads(old_registry) if old_registry else []
@@ -301,6 +345,7 @@ def publish(model_dir, tag, data_dir=None, dataset_name="cifar10", default_for=N
         for record in records:
             if record["tag"].split(".", 1)[0] == arch and record.get("default_for") == default_for:
                 record["default_for"] = None
+    replaced = [r for r in records if r["tag"] == entry["tag"]]
     records = [r for r in records if r["tag"] != entry["tag"]] + [entry]
     registry_file.write_text(json.dumps(records, indent=2) + "\n")
     weights_lib.registry.cache_clear()
@@ -309,16 +354,31 @@ def publish(model_dir, tag, data_dir=None, dataset_name="cifar10", default_for=N
     import zoo
 
     images = next(iter(dataset))[0]
-    loaded = zoo.get_model(arch)(weights=entry["tag"], classes=run["num_classes"], classifier_activation=None)
-    if not np.array_equal(loaded.predict_on_batch(images), model.predict_on_batch(images)):
-        if old_registry is None:
-            registry_file.unlink()
-        else:
-            registry_file.write_text(old_registry)
-        weights_lib.registry.cache_clear()
+    try:
+        with mirrored_from(target_dir) if release_url else contextlib.nullcontext():
+            loaded = zoo.get_model(arch)(weights=entry["tag"], classes=run["num_classes"],
+                                         classifier_activation=None)
+        reproduced = np.array_equal(loaded.predict_on_batch(images), model.predict_on_batch(images))
+    except BaseException:
+        restore(registry_file, old_registry)
+        raise
+    if not reproduced:
+        restore(registry_file, old_registry)
         raise PublishError(f"zoo.{arch}(weights={entry['tag']!r}) does not reproduce the run's outputs; "
                            "the registry was left as it was.")
+    for record in replaced:  # a packaged file that the entry no longer names
+        if record.get("packaged") and record["packaged"] != entry.get("packaged"):
+            (weights_lib.PACKAGED_DIR / record["packaged"]).unlink(missing_ok=True)
     return entry
+
+
+def restore(registry_file, old_registry):
+    """Puts the registry back as it was before `publish` wrote it."""
+    if old_registry is None:
+        registry_file.unlink()
+    else:
+        registry_file.write_text(old_registry)
+    weights_lib.registry.cache_clear()
 
 
 def define_flags():
@@ -335,6 +395,10 @@ def define_flags():
                         "sentence on the input range), so that publishing again keeps it.")
     flags.DEFINE_enum("storage_dtype", "float32", list(STORAGE_DTYPES), "How the shipped file stores the "
                       "weights; float16 halves it, and the accuracy registered is measured as stored.")
+    flags.DEFINE_string("release_url", None, "Register the file as downloaded from <release_url>/<file name> "
+                        "(for files too large for the repository) instead of packaging it in zoo/pretrained/; "
+                        "upload it there from --output_dir.")
+    flags.DEFINE_string("output_dir", RELEASE_DIR, "Where a --release_url file is written, to be uploaded.")
 
 
 def main(argv):
@@ -343,14 +407,18 @@ def main(argv):
         raise app.UsageError("--model_dir and --tag are required.")
     try:
         entry = publish(FLAGS.model_dir, FLAGS.tag, FLAGS.data_dir, FLAGS.dataset_name, FLAGS.default_for,
-                        FLAGS.notes, FLAGS.storage_dtype)
-    except ValueError as error:  # PublishError, or data that cannot be read
+                        FLAGS.notes, FLAGS.storage_dtype, FLAGS.release_url, FLAGS.output_dir)
+    except (ValueError, download.DownloadError) as error:  # PublishError, unreadable data, a failed reload
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
     float32 = entry["metric"].get("top1_accuracy_float32_weights")
     as_float32 = f" ({float32}% with the float32 weights)" if float32 is not None else ""
+    if entry.get("packaged"):
+        where = f"file zoo/pretrained/{entry['packaged']}"
+    else:
+        where = f"file {pathlib.Path(FLAGS.output_dir) / entry['filename']}: upload it to {entry['url']}"
     print(f"{entry['tag']}: top-1 accuracy {entry['metric']['top1_accuracy']}% on "
-          f"{entry['metric']['evaluation']}{as_float32}; sha256 {entry['sha256']}; file {entry['packaged']}.")
+          f"{entry['metric']['evaluation']}{as_float32}; sha256 {entry['sha256']}; {where}.")
 
 
 if __name__ == "__main__":

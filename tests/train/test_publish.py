@@ -3,6 +3,7 @@ into a temporary zoo registry and loaded back through the zoo builder; runs
 that cannot be shipped are refused with the reason."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from tests.train.test_app import ENV
 from tests.train.test_app import SMOKE
 from tests.train.test_app import train
 from train import publish as publish_lib
+from zoo import download
 from zoo import weights as weights_lib
 
 pytestmark = pytest.mark.slow  # every test trains and publishes a run
@@ -143,6 +145,53 @@ def test_publishing_again_replaces_the_entry(finished_run, zoo_dirs):
                                    "Trained on random labels.")
 
 
+def test_a_release_url_entry_is_written_for_upload_and_downloads_from_there(
+        finished_run, zoo_dirs, tmp_path, file_server, weights_cache):
+    registry, pretrained = zoo_dirs
+    publish_lib.publish(str(finished_run), "fake", dataset_name="fake")
+    packaged = zoo.resnet20_gn(weights="fake")
+    dist = tmp_path / "dist"
+    entry = publish_lib.publish(str(finished_run), "fake", dataset_name="fake", release_url=f"{file_server.url}/v1/",
+                                output_dir=str(dist))
+
+    filename = "resnet20_gn.fake.weights.h5"
+    assert "packaged" not in entry and entry["filename"] == filename
+    assert entry["url"] == f"{file_server.url}/v1/{filename}"
+    assert entry["sha256"] == weights_lib.sha256_of(dist / filename)
+    assert [r for r in json.loads(registry.read_text()) if r["tag"] == "resnet20_gn.fake"] == [entry]
+    assert not (pretrained / filename).exists()  # the packaged file the entry no longer names
+    assert "KERAS_GN_WEIGHTS_MIRROR" not in os.environ and file_server.requests == []  # checked from dist/
+
+    # A user's first load, after the upload: from the URL, into the cache.
+    shutil.rmtree(weights_cache)
+    (file_server.root / "v1").mkdir()
+    shutil.copy(dist / filename, file_server.root / "v1")
+    downloaded = zoo.resnet20_gn(weights="fake")
+    assert file_server.requests == [f"/v1/{filename}"] and (weights_cache / filename).exists()
+    for expected, actual in zip(packaged.weights, downloaded.weights, strict=True):
+        np.testing.assert_array_equal(actual.numpy(), expected.numpy())
+
+
+def test_a_release_url_that_is_not_http_is_refused_before_measuring(zoo_dirs):
+    with pytest.raises(publish_lib.PublishError, match=r"release_url='dist/weights' is not an http\(s\) URL"):
+        publish_lib.publish("no-such-run", "fake", release_url="dist/weights")
+
+
+def test_a_failed_reload_leaves_the_registry_as_it_was(finished_run, zoo_dirs, tmp_path, weights_cache,
+                                                      monkeypatch):
+    registry, _ = zoo_dirs
+    before = registry.read_text()
+    # The reload's mirror serves nothing, as when the file was not written:
+    monkeypatch.setattr(publish_lib, "mirrored_from", lambda directory: real_mirror(tmp_path / "empty"))
+    with pytest.raises(download.DownloadError, match="Could not get the weight file resnet20_gn.fake.weights.h5"):
+        publish_lib.publish(str(finished_run), "fake", release_url="https://example.org/v1",
+                            output_dir=str(tmp_path / "dist"))
+    assert registry.read_text() == before
+
+
+real_mirror = publish_lib.mirrored_from
+
+
 @pytest.mark.parametrize("metric, change", [
     # The run's record says 20 points more than these weights reach (as when
     # final.weights.h5 was overwritten, or another run's data is given).
@@ -202,7 +251,8 @@ def test_an_unfinished_run_says_so(tmp_path, zoo_dirs):
 FINE_TUNE_FROM_PUBLISHED = textwrap.dedent("""
     import pathlib, sys
     from absl import flags
-    from zoo import weights as weights_lib
+    from zoo import download
+from zoo import weights as weights_lib
     weights_lib.REGISTRY_FILE, weights_lib.PACKAGED_DIR = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
     import zoo
     from train import app, recipe

@@ -1,58 +1,11 @@
-"""Fixtures of the zoo tests: a real HTTP server on 127.0.0.1 and a
-temporary weights registry."""
+"""Fixtures of the zoo tests: a temporary weights registry (the HTTP
+server and the download cache are in tests/conftest.py)."""
 
-import functools
-import http.server
 import json
-import threading
 
 import pytest
 
 from zoo import weights as weights_lib
-
-
-class _FileServer:
-    """Serves files from `root` on 127.0.0.1 and counts the requests."""
-
-    def __init__(self, root):
-        self.root = root
-        self.requests = []
-        server = self
-
-        class Handler(http.server.SimpleHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                server.requests.append(self.path)
-                super().do_GET()
-
-        self.httpd = http.server.ThreadingHTTPServer(
-            ("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-@pytest.fixture
-def file_server(tmp_path):
-    root = tmp_path / "served"
-    root.mkdir()
-    server = _FileServer(root)
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def weights_cache(tmp_path, monkeypatch):
-    """An empty download cache, and no mirror."""
-    monkeypatch.setenv("KERAS_GN_WEIGHTS_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("KERAS_GN_WEIGHTS_MIRROR", raising=False)
-    return tmp_path / "cache" / "keras_gn_weights"
 
 
 @pytest.fixture
