@@ -286,3 +286,6 @@ def test_command_line(tmp_path):
     missing = subprocess.run(command + [f"--model_dir={tmp_path}", "--tag=x"], capture_output=True, text=True,
                              env=ENV, timeout=300)
     assert missing.returncode == 1 and "is not a finished `python -m train` run" in missing.stderr
+    not_a_url = subprocess.run(command + [f"--model_dir={tmp_path}", "--tag=x", "--release_url=dist"],
+                               capture_output=True, text=True, env=ENV, timeout=300)
+    assert not_a_url.returncode == 1 and "release_url='dist' is not an http(s) URL" in not_a_url.stderr
