@@ -251,8 +251,7 @@ def test_an_unfinished_run_says_so(tmp_path, zoo_dirs):
 FINE_TUNE_FROM_PUBLISHED = textwrap.dedent("""
     import pathlib, sys
     from absl import flags
-    from zoo import download
-from zoo import weights as weights_lib
+    from zoo import weights as weights_lib
     weights_lib.REGISTRY_FILE, weights_lib.PACKAGED_DIR = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
     import zoo
     from train import app, recipe
