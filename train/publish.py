@@ -212,27 +212,6 @@ def check_release_url(release_url):
                            "will be uploaded under, e.g. https://github.com/<owner>/keras-gn/releases/download/v1.0")
 
 
-def release_location(release_url, filename):
-    """`{"url", "filename"}` of a file uploaded under `release_url`."""
-    check_release_url(release_url)
-    return {"url": f"{release_url.rstrip('/')}/{filename}", "filename": filename}
-
-
-@contextlib.contextmanager
-def mirrored_from(directory):
-    """Downloads read `directory` (a `KERAS_GN_WEIGHTS_MIRROR`) meanwhile."""
-    name = "KERAS_GN_WEIGHTS_MIRROR"
-    before = os.environ.get(name)
-    os.environ[name] = pathlib.Path(directory).resolve().as_uri()
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ[name]
-        else:
-            os.environ[name] = before
-
-
 def registry_entry(arch, tag, run, recipe, grouping, top1, sha256, filename, dataset_name, default_for, notes="",
                    storage_dtype="float32", float32_top1=None, release_url=None):
     run_flags = run["flags"]
@@ -245,7 +224,8 @@ def registry_entry(arch, tag, run, recipe, grouping, top1, sha256, filename, dat
     command = ["python -m train"] + given
     stored = "" if storage_dtype == "float32" else f", weights stored as {storage_dtype}"
     float32_metric = {} if float32_top1 is None else {"top1_accuracy_float32_weights": round(100 * float32_top1, 2)}
-    location = release_location(release_url, filename) if release_url else {"packaged": filename}
+    location = ({"url": f"{release_url.rstrip('/')}/{filename}", "filename": filename} if release_url
+                else {"packaged": filename})
     return {
         "tag": f"{arch}.{tag}",
         "format": "keras",
@@ -355,17 +335,15 @@ def publish(model_dir, tag, data_dir=None, dataset_name="cifar10", default_for=N
 
     images = next(iter(dataset))[0]
     try:
-        with mirrored_from(target_dir) if release_url else contextlib.nullcontext():
+        with download.mirrored_from(target_dir) if release_url else contextlib.nullcontext():
             loaded = zoo.get_model(arch)(weights=entry["tag"], classes=run["num_classes"],
                                          classifier_activation=None)
-        reproduced = np.array_equal(loaded.predict_on_batch(images), model.predict_on_batch(images))
+        if not np.array_equal(loaded.predict_on_batch(images), model.predict_on_batch(images)):
+            raise PublishError(f"zoo.{arch}(weights={entry['tag']!r}) does not reproduce the run's outputs; "
+                               "the registry was left as it was.")
     except BaseException:
         restore(registry_file, old_registry)
         raise
-    if not reproduced:
-        restore(registry_file, old_registry)
-        raise PublishError(f"zoo.{arch}(weights={entry['tag']!r}) does not reproduce the run's outputs; "
-                           "the registry was left as it was.")
     for record in replaced:  # a packaged file that the entry no longer names
         if record.get("packaged") and record["packaged"] != entry.get("packaged"):
             (weights_lib.PACKAGED_DIR / record["packaged"]).unlink(missing_ok=True)

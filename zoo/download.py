@@ -12,6 +12,7 @@ Environment:
         without internet access: copy the files to an internal server).
 """
 
+import contextlib
 import os
 import pathlib
 
@@ -41,6 +42,22 @@ def origin(url, filename):
     if mirror:
         return f"{mirror.rstrip('/')}/{filename}"
     return url
+
+
+@contextlib.contextmanager
+def mirrored_from(directory):
+    """Downloads read the files in local `directory` meanwhile, as from a
+    `KERAS_GN_WEIGHTS_MIRROR` (sha256 checks and cache as usual)."""
+    name = "KERAS_GN_WEIGHTS_MIRROR"
+    before = os.environ.get(name)
+    os.environ[name] = pathlib.Path(directory).resolve().as_uri()
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = before
 
 
 def fetch(url, filename, sha256=None, validate=None):

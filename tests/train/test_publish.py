@@ -182,14 +182,12 @@ def test_a_failed_reload_leaves_the_registry_as_it_was(finished_run, zoo_dirs, t
     registry, _ = zoo_dirs
     before = registry.read_text()
     # The reload's mirror serves nothing, as when the file was not written:
-    monkeypatch.setattr(publish_lib, "mirrored_from", lambda directory: real_mirror(tmp_path / "empty"))
+    real_mirror = download.mirrored_from
+    monkeypatch.setattr(download, "mirrored_from", lambda directory: real_mirror(tmp_path / "empty"))
     with pytest.raises(download.DownloadError, match="Could not get the weight file resnet20_gn.fake.weights.h5"):
         publish_lib.publish(str(finished_run), "fake", release_url="https://example.org/v1",
                             output_dir=str(tmp_path / "dist"))
     assert registry.read_text() == before
-
-
-real_mirror = publish_lib.mirrored_from
 
 
 @pytest.mark.parametrize("metric, change", [
