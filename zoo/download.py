@@ -19,6 +19,7 @@ import pathlib
 import keras
 
 CACHE_SUBDIR = "keras_gn_weights"
+MIRROR_VARIABLE = "KERAS_GN_WEIGHTS_MIRROR"
 
 
 class DownloadError(RuntimeError):
@@ -38,7 +39,7 @@ def cached_path(filename):
 
 def origin(url, filename):
     """The URL to fetch from: the mirror's, if one is set."""
-    mirror = os.environ.get("KERAS_GN_WEIGHTS_MIRROR")
+    mirror = os.environ.get(MIRROR_VARIABLE)
     if mirror:
         return f"{mirror.rstrip('/')}/{filename}"
     return url
@@ -48,16 +49,15 @@ def origin(url, filename):
 def mirrored_from(directory):
     """Downloads read the files in local `directory` meanwhile, as from a
     `KERAS_GN_WEIGHTS_MIRROR` (sha256 checks and cache as usual)."""
-    name = "KERAS_GN_WEIGHTS_MIRROR"
-    before = os.environ.get(name)
-    os.environ[name] = pathlib.Path(directory).resolve().as_uri()
+    before = os.environ.get(MIRROR_VARIABLE)
+    os.environ[MIRROR_VARIABLE] = pathlib.Path(directory).resolve().as_uri()
     try:
         yield
     finally:
         if before is None:
-            del os.environ[name]
+            del os.environ[MIRROR_VARIABLE]
         else:
-            os.environ[name] = before
+            os.environ[MIRROR_VARIABLE] = before
 
 
 def fetch(url, filename, sha256=None, validate=None):
@@ -110,7 +110,7 @@ def _instructions(filename, source, sha256, error):
     """One short message: what was tried, why it failed, what to do."""
     reason = " ".join(str(error).split()) or type(error).__name__
     checksum = f" (sha256 {sha256})" if sha256 else ""
-    mirror = os.environ.get("KERAS_GN_WEIGHTS_MIRROR")
+    mirror = os.environ.get(MIRROR_VARIABLE)
     if mirror:
         where = f"from the mirror KERAS_GN_WEIGHTS_MIRROR={mirror}"
         todo = f"check that the mirror serves {filename}, or unset KERAS_GN_WEIGHTS_MIRROR to use the original URL"
